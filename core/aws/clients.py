@@ -1,0 +1,102 @@
+"""Builds every boto3 client this package uses, with one retry and timeout policy.
+
+botocore retries throttling and 5xx itself (standard mode); Prefect task retries sit on top for
+what outlasts that. The read timeout exceeds SQS's 20 s long poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import boto3
+from botocore.client import BaseClient
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    ReadTimeoutError,
+)
+
+CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=40)
+
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "AWS.SimpleQueueService.ServiceUnavailable",
+    }
+)
+
+# Configuration mistakes: a retry cannot fix them.
+_PERMANENT_BOTOCORE_ERRORS = (NoCredentialsError, NoRegionError, ParamValidationError)
+
+T = TypeVar("T")
+
+
+@dataclass
+class AwsClients:
+    """Hands out one client per service for a session, region and optional endpoint."""
+
+    session: boto3.session.Session
+    region: str
+    endpoint_url: str | None = None
+    _cache: dict[str, BaseClient] = field(default_factory=dict, repr=False)
+
+    def client(self, service: str) -> BaseClient:
+        if service not in self._cache:
+            self._cache[service] = self.session.client(
+                service, region_name=self.region, endpoint_url=self.endpoint_url, config=CLIENT_CONFIG
+            )
+        return self._cache[service]
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a ClientError, '' for anything else."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that a later attempt may not see: throttling, 5xx, timeouts, dropped connections."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error_code(exc) in TRANSIENT_ERROR_CODES or status >= 500
+    return isinstance(exc, (ConnectionError, ReadTimeoutError, BotoCoreError)) and not isinstance(
+        exc, _PERMANENT_BOTOCORE_ERRORS
+    )
+
+
+def paginate(client: BaseClient, operation: str, key: str, **kwargs: Any) -> Iterator[Any]:
+    """Every item under `key` across all pages of a paginated operation."""
+    for page in client.get_paginator(operation).paginate(**kwargs):
+        yield from page.get(key, [])
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of at most `size` items, without materialising the input."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,260 @@
+"""The configuration of a batch: one pydantic model, loaded from YAML, a dict or a saved block.
+
+Setting names keep Distributed-Something's meanings (its config.py name is given in each
+description) in snake_case, with units in the names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+# Longest queue name we derive is "<app>-<8 hex>-dead"; SQS allows 80 characters.
+MAX_APP_NAME = 60
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class QueueSettings(_Section):
+    """The job queue and its dead-letter queue."""
+
+    name: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        max_length=80,
+        description="Job queue name (SQS_QUEUE_NAME). Default: '<app_name>-<run id>', new for every run.",
+    )
+    dead_letter_queue_name: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        max_length=80,
+        description="Dead-letter queue name (SQS_DEAD_LETTER_QUEUE). Default: '<queue name>-dead'.",
+    )
+    visibility_timeout_s: int = Field(
+        default=60,
+        ge=1,
+        le=43200,
+        description="Seconds a received job stays hidden from other workers (SQS_MESSAGE_VISIBILITY). "
+        "Workers extend it while a job runs, so it need not cover the longest job.",
+    )
+    job_retries: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Attempts before a failing job moves to the dead-letter queue (JOB_RETRIES, "
+        "the redrive policy's maxReceiveCount).",
+    )
+    retry_delay_s: int = Field(
+        default=60,
+        ge=0,
+        le=43200,
+        description="Seconds before a failed job is offered again (Distributed-Something: 60).",
+    )
+    job_timeout_s: int = Field(
+        default=0, ge=0, description="Kill a job's program after this many seconds; 0 means never."
+    )
+
+
+class ContainerSettings(_Section):
+    """What runs in each container (the task definition on AWS)."""
+
+    image: str = Field(
+        default="distributed-worker:latest",
+        description="Worker image built from worker/Dockerfile on top of your program's image (DOCKERHUB_TAG).",
+    )
+    cpu_units: int = Field(default=1024, ge=128, description="ECS cpu units, 1024 = 1 vCPU (CPU_SHARES).")
+    memory_mib: int = Field(default=2048, ge=128, description="Hard memory limit in MiB (MEMORY).")
+    processes: int = Field(
+        default=1, ge=1, le=256, description="Copies of the program run side by side in one container (DOCKER_CORES)."
+    )
+    stagger_s: int = Field(
+        default=0, ge=0, le=3600, description="Seconds between starting those copies (SECONDS_TO_START)."
+    )
+
+
+class FleetSettings(_Section):
+    """Where workers run: 'local' processes on this machine, or an EC2 Spot Fleet."""
+
+    backend: Literal["local", "spot-fleet"] = Field(
+        default="local", description="'local' (worker processes on this machine) or 'spot-fleet' (EC2 Spot Fleet)."
+    )
+    local_workers: int = Field(default=4, ge=1, le=64, description="Worker processes started by the 'local' fleet.")
+    local_workdir: Path | None = Field(
+        default=None,
+        description="Working directory of local workers; default: the folder of the config file.",
+    )
+    machines: int = Field(default=1, ge=1, le=10000, description="Fleet target capacity (CLUSTER_MACHINES).")
+    tasks_per_machine: int = Field(default=1, ge=1, le=256, description="Containers per machine (TASKS_PER_MACHINE).")
+    machine_types: tuple[str, ...] = Field(
+        default=("m5.xlarge",), min_length=1, description="EC2 instance types, one launch specification each (MACHINE_TYPE)."
+    )
+    max_price_usd_per_hour: float = Field(
+        default=0.10, gt=0, description="Highest spot price per machine-hour in USD (MACHINE_PRICE)."
+    )
+    ebs_volume_gb: int = Field(default=30, ge=22, le=16384, description="Data volume per machine in GB (EBS_VOL_SIZE).")
+    fleet_file: Path | None = Field(
+        default=None, description="Spot Fleet request template (Distributed-Something's fleet file)."
+    )
+    ecs_cluster: str = Field(default="default", pattern=NAME_PATTERN, description="ECS cluster name (ECS_CLUSTER).")
+
+
+class CheckIfDoneSettings(_Section):
+    """Skip a job whose output prefix already holds its results (CHECK_IF_DONE_BOOL)."""
+
+    enabled: bool = Field(default=False, description="Turn check-if-done on (CHECK_IF_DONE_BOOL).")
+    expected_number_files: int = Field(
+        default=1, ge=1, description="Objects that must exist under the job's output prefix (EXPECTED_NUMBER_FILES)."
+    )
+    min_file_size_bytes: int = Field(
+        default=1, ge=0, description="Only objects at least this large count (MIN_FILE_SIZE_BYTES)."
+    )
+    necessary_string: str = Field(
+        default="", description="Only keys containing this string count; empty: every key (NECESSARY_STRING)."
+    )
+
+
+class MonitorSettings(_Section):
+    """How the flow watches a run."""
+
+    poll_interval_s: float = Field(default=10.0, gt=0, le=600, description="Seconds between two readings of the queues.")
+    settle_polls: int = Field(
+        default=3, ge=1, le=100, description="Consecutive empty readings needed before the batch counts as done."
+    )
+    max_run_time_s: int = Field(
+        default=7 * 24 * 3600, ge=10, description="Give up (and clean up) after this many seconds of monitoring."
+    )
+    worker_idle_exit_s: int = Field(
+        default=60, ge=1, description="Workers exit after the queue has been empty this long."
+    )
+    worker_wait_time_s: int = Field(default=20, ge=0, le=20, description="Workers' long-poll wait in seconds.")
+
+
+class RunConfig(_Section):
+    """Everything one batch needs. Loaded by `load_config`; see deployments/demo/config.yaml."""
+
+    app_name: str = Field(
+        pattern=NAME_PATTERN, max_length=MAX_APP_NAME, description="Name of the batch; prefixes every resource (APP_NAME)."
+    )
+    job_file: Path = Field(description="The job file: shared keys plus one job per element of 'groups'.")
+    command: str = Field(
+        min_length=1,
+        description="The program each job runs: a template filled with the job's fields and {input_dir}, "
+        "{output_dir}, {job_id}.",
+    )
+    bucket: str = Field(min_length=3, max_length=63, description="S3 bucket for run records (AWS_BUCKET).")
+    input_bucket: str | None = Field(default=None, min_length=3, max_length=63, description="Inputs; default: bucket.")
+    output_bucket: str | None = Field(default=None, min_length=3, max_length=63, description="Outputs; default: bucket.")
+    region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$", description="AWS region (AWS_REGION).")
+    aws_credentials: str | None = Field(
+        default=None,
+        description="Name of a saved prefect-aws 'AWS Credentials' block; default: boto3's credential chain.",
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="Send every AWS call here (a local emulator); default: AWS itself."
+    )
+    log_group_name: str | None = Field(default=None, description="CloudWatch log group (LOG_GROUP_NAME); default: app_name.")
+    keep_dead_letter_queue: bool = Field(
+        default=False,
+        description="Keep the dead-letter queue after the run. Dead jobs are always listed in the run summary.",
+    )
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    container: ContainerSettings = Field(default_factory=ContainerSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
+    check_if_done: CheckIfDoneSettings = Field(default_factory=CheckIfDoneSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+
+    @field_validator("bucket", "input_bucket", "output_bucket")
+    @classmethod
+    def _bucket_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]+[a-z0-9]", value):
+            raise ValueError("an S3 bucket name has lowercase letters, digits, '.' and '-' only")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_available(self) -> RunConfig:
+        if self.fleet.backend != "local":
+            raise ValueError(
+                f"fleet.backend '{self.fleet.backend}' is not available in this version; use 'local'"
+            )
+        return self
+
+    @property
+    def inputs_bucket(self) -> str:
+        return self.input_bucket or self.bucket
+
+    @property
+    def outputs_bucket(self) -> str:
+        return self.output_bucket or self.bucket
+
+    def queue_names(self, run_id: str) -> tuple[str, str]:
+        """The job queue's and the dead-letter queue's names for this run."""
+        queue = self.queue.name or f"{self.app_name}-{run_id.replace('-', '')[:8]}"
+        return queue, self.queue.dead_letter_queue_name or f"{queue}-dead"
+
+
+def _describe(errors: list[dict[str, Any]], source: str) -> str:
+    lines = [f"Invalid configuration in {source}:"]
+    for error in errors:
+        location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            parent_fields = _fields_at(error["loc"][:-1])
+            close = difflib.get_close_matches(str(error["loc"][-1]), parent_fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known settings here: {', '.join(parent_fields)}"
+            lines.append(f"  - {location}: unknown setting{hint}")
+        elif error["type"] == "missing":
+            lines.append(f"  - {location}: required setting is missing")
+        elif not error["loc"]:
+            lines.append(f"  - {error['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  - {location}: {error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _fields_at(path: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in path:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def parse_config(data: Any, source: str, base_dir: Path | None = None) -> RunConfig:
+    """Validate a mapping into a RunConfig. Relative paths resolve against `base_dir`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors(), source)) from None
+    if base_dir is None:
+        return config
+    fleet = config.fleet.model_copy(
+        update={
+            "local_workdir": base_dir / (config.fleet.local_workdir or "."),
+            "fleet_file": base_dir / config.fleet.fleet_file if config.fleet.fleet_file else None,
+        }
+    )
+    return config.model_copy(update={"job_file": base_dir / config.job_file, "fleet": fleet})
+
+
+def load_config_file(path: Path) -> RunConfig:
+    """Read a YAML (or JSON) config file; relative paths in it are relative to its folder."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (give a path to a YAML file or a saved block name)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return parse_config(data, source=str(path), base_dir=path.resolve().parent)

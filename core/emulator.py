@@ -1,0 +1,70 @@
+"""The embedded default: a moto server on loopback that stands in for AWS.
+
+Used by `make demo`, the end-to-end tests and the benchmarks. Each server is its own process, so
+in-process `mock_aws` elsewhere cannot wipe its state.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"the AWS emulator exited with status {process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the AWS emulator did not answer at {url} within {timeout_s:.0f} s") from None
+            time.sleep(0.1)
+
+
+@contextmanager
+def moto_server(log_path: Path | None = None) -> Iterator[str]:
+    """Start a moto server on a free 127.0.0.1 port; yield its endpoint URL; stop it."""
+    port = free_port()
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(f"{endpoint}/moto-api/", process, STARTUP_TIMEOUT_S)
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log_path:
+            log.close()  # type: ignore[union-attr]
+
+
+def reset(endpoint: str) -> None:
+    """Empty the emulator: every queue, bucket and other resource is gone."""
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass

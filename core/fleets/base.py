@@ -1,0 +1,48 @@
+"""The contract every fleet backend keeps. The flow only ever sees these types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.models import FleetHandle, FleetStatus
+
+
+class FleetRequest(BaseModel):
+    """What a fleet must start: how many workers, and the environment each worker reads."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    workers: int = Field(ge=1)
+    environment: dict[str, str] = Field(description="Worker settings; never secrets (see worker/README.md).")
+    workdir: Path | None = Field(default=None, description="Working directory of the workers, where it applies.")
+
+
+class FleetBackend(Protocol):
+    """Starts, watches and stops the workers of one run.
+
+    Every method is idempotent and works from any process: a handle is all it needs.
+    """
+
+    def handle_for(self, run_id: str, workers: int = 0) -> FleetHandle:
+        """The handle of a run's fleet from the run id alone, for cleanup after a crash."""
+        ...
+
+    def start(self, request: FleetRequest) -> FleetHandle:
+        """Start the workers and return at once, without waiting for them to take jobs.
+
+        Starting again for a run whose workers are alive returns the same handle.
+        Raises FleetError when the fleet cannot be started at all.
+        """
+        ...
+
+    def status(self, handle: FleetHandle) -> FleetStatus:
+        """How many workers were asked for, and how many are alive now."""
+        ...
+
+    def stop(self, handle: FleetHandle) -> None:
+        """Stop every worker of the fleet; stopping a stopped fleet does nothing."""
+        ...

@@ -1,0 +1,135 @@
+"""The `local` fleet: worker processes on this machine, running the very code the container runs.
+
+Each worker is `python -m worker` with the run's environment. Its pid and log live in a state
+folder per run (like dsub's local provider), so status and stop work from any process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from core.aws.clients import AwsClients
+from core.errors import FleetError
+from core.fleets.base import FleetRequest
+from core.models import FleetHandle, FleetStatus
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STOP_GRACE_S = 15.0
+
+
+def default_state_root() -> Path:
+    return Path(os.environ.get("DISTRIBUTED_LOCAL_STATE", Path(tempfile.gettempdir()) / "prefect-distributed"))
+
+
+def _is_running(pid: int) -> bool:
+    """True while the process exists and is not a zombie; reaps it when it is our child."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    # A pid the system reused for another program is not our worker.
+    return state != "Z" and b"worker" in cmdline
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # it exited on its own meanwhile
+
+
+class LocalFleet:
+    """Runs workers as processes on this machine; `credentials` is the AWS environment they get."""
+
+    def __init__(self, credentials: dict[str, str], state_root: Path | None = None) -> None:
+        self._credentials = credentials
+        self._state_root = state_root or default_state_root()
+
+    @classmethod
+    def from_clients(cls, clients: AwsClients) -> LocalFleet:
+        """Workers get the flow's own credentials and endpoint (the process environment, never a log)."""
+        environment: dict[str, str] = {}
+        credentials = clients.session.get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            environment = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+            if frozen.token:
+                environment["AWS_SESSION_TOKEN"] = frozen.token
+        if clients.endpoint_url:
+            environment["AWS_ENDPOINT_URL"] = clients.endpoint_url
+        return cls(environment)
+
+    def handle_for(self, run_id: str, workers: int = 0) -> FleetHandle:
+        return FleetHandle(backend="local", id=str(self._state_root / run_id), workers=workers)
+
+    def _pids(self, handle: FleetHandle) -> list[int]:
+        return [int(path.read_text()) for path in sorted(Path(handle.id).glob("worker-*.pid"))]
+
+    def start(self, request: FleetRequest) -> FleetHandle:
+        handle = self.handle_for(request.run_id, request.workers)
+        state_dir = Path(handle.id)
+        if state_dir.exists() and any(_is_running(pid) for pid in self._pids(handle)):
+            logger.info("Local fleet of run %s is already running", request.run_id)
+            return handle
+        state_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            **request.environment,
+            **self._credentials,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            # The job's program finds the same Python and tools as the flow.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "PYTHONUNBUFFERED": "1",
+        }
+        workdir = request.workdir or Path.cwd()
+        if not workdir.is_dir():
+            raise FleetError(f"fleet.local_workdir {workdir} is not a folder")
+        for index in range(request.workers):
+            with open(state_dir / f"worker-{index}.log", "ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "worker"],
+                    cwd=workdir,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # a Ctrl-C meant for the flow reaches workers through cleanup
+                )
+            (state_dir / f"worker-{index}.pid").write_text(str(process.pid))
+        logger.info("Started %d local workers; logs in %s", request.workers, state_dir)
+        return handle
+
+    def status(self, handle: FleetHandle) -> FleetStatus:
+        return FleetStatus(target=handle.workers, running=sum(_is_running(pid) for pid in self._pids(handle)))
+
+    def stop(self, handle: FleetHandle) -> None:
+        """SIGTERM (workers return their job to the queue), then SIGKILL after a grace period."""
+        pids = [pid for pid in self._pids(handle) if _is_running(pid)]
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = [pid for pid in pids if _is_running(pid)]
+        for pid in pids:
+            logger.warning("Worker %d did not stop within %.0f s; killing it", pid, STOP_GRACE_S)
+            _signal(pid, signal.SIGKILL)
+        for path in Path(handle.id).glob("worker-*.pid"):
+            path.unlink()

@@ -1,0 +1,127 @@
+"""The models that pass between the steps of a run, and the summary a run ends with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.config import RunConfig
+
+TAG_APP = "app"
+TAG_RUN_ID = "run-id"
+TAG_CREATED_BY = "created-by"
+CREATED_BY = "prefect-distributed"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunResources(_Model):
+    """Names of everything a run creates. Derived from the config and the run id alone, so that
+    cleanup finds them from any process, even when setup never finished."""
+
+    run_id: str
+    app_name: str
+    queue_name: str
+    dead_letter_queue_name: str
+    records_bucket: str
+    records_prefix: str = Field(description="Key prefix of the run's records in the records bucket.")
+    tags: dict[str, str]
+
+    @classmethod
+    def for_run(cls, config: RunConfig, run_id: str) -> RunResources:
+        queue, dead = config.queue_names(run_id)
+        return cls(
+            run_id=run_id,
+            app_name=config.app_name,
+            queue_name=queue,
+            dead_letter_queue_name=dead,
+            records_bucket=config.bucket,
+            records_prefix=f"runs/{run_id}",
+            tags={TAG_APP: config.app_name, TAG_RUN_ID: run_id, TAG_CREATED_BY: CREATED_BY},
+        )
+
+
+class QueueUrls(_Model):
+    """The queues setup made ready."""
+
+    queue_url: str
+    dead_letter_queue_url: str
+
+
+class EnqueueResult(_Model):
+    sent: int = Field(description="Jobs sent to the queue by this call.")
+    total: int = Field(description="Jobs in the job file.")
+
+
+class FleetHandle(_Model):
+    """What a fleet backend needs to find its fleet again, from any process."""
+
+    backend: str
+    id: str
+    workers: int = Field(description="Workers (local processes, or containers) the fleet was asked for.")
+
+
+class FleetStatus(_Model):
+    target: int = Field(description="Workers asked for.")
+    running: int = Field(description="Workers alive now.")
+
+
+class RunSnapshot(_Model):
+    """One reading of a run's progress."""
+
+    total: int
+    visible: int
+    in_flight: int
+    delayed: int
+    dead: int
+    workers_running: int
+
+    @property
+    def finished(self) -> int:
+        """Jobs no longer in the job queue: done, skipped or dead (SQS counts are approximate)."""
+        return max(0, self.total - self.visible - self.in_flight - self.delayed)
+
+    @property
+    def queue_empty(self) -> bool:
+        return self.visible + self.in_flight + self.delayed == 0
+
+
+class DeadJob(_Model):
+    """A job that ended in the dead-letter queue."""
+
+    job_id: str
+    fields: dict[str, Any]
+    reason: str
+    attempts: int
+
+
+class CleanupResult(_Model):
+    deleted: list[str] = Field(default_factory=list, description="Resources cleanup removed or found gone.")
+    kept: list[str] = Field(default_factory=list, description="Resources kept on purpose, by config.")
+    left: list[str] = Field(default_factory=list, description="Resources cleanup could not delete, with why.")
+
+
+class RunSummary(_Model):
+    """How a run ended: every job accounted for, and what (if anything) was left in AWS."""
+
+    total: int = Field(description="Jobs in the job file.")
+    succeeded: int = Field(description="Jobs whose program ran and whose outputs were uploaded.")
+    skipped: int = Field(description="Jobs skipped because their outputs already existed (check-if-done).")
+    failed: list[DeadJob] = Field(description="Jobs that ended in the dead-letter queue, with their reasons.")
+    unfinished: list[str] = Field(
+        default_factory=list, description="Ids of jobs with no outcome when the run stopped early (resubmit these)."
+    )
+    duration_s: float
+    resources_left: list[str] = Field(description="What cleanup could not delete; empty when all is well.")
+    resources_kept: list[str] = Field(default_factory=list, description="What the config asked to keep.")
+    run_id: str
+    app_name: str
+    records_uri: str = Field(description="Where the run's records and this summary are stored in S3.")
+    error: str | None = Field(default=None, description="Why the run stopped early, if it did.")
+
+    @property
+    def accounted(self) -> int:
+        return self.succeeded + self.skipped + len(self.failed) + len(self.unfinished)

@@ -1,0 +1,93 @@
+"""The records workers write to S3 for each job, and how a run's summary is built from them.
+
+Layout under `runs/<run_id>/` in the records bucket (the worker writes it; worker/README.md):
+`outcomes/<job_id>.<status>.json` for each finished job and `attempts/<job_id>.json` for the latest
+failed attempt. Counting outcomes by key means one listing per thousand jobs, and a job delivered
+twice still has one outcome.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from botocore.client import BaseClient
+
+from core.aws.s3 import get_json, list_keys, put_json
+from core.aws.sqs import DeadMessage
+from core.jobs import Job
+from core.models import DeadJob, RunResources, RunSummary
+
+OUTCOME_STATUSES = ("succeeded", "skipped")
+
+
+def read_outcomes(s3: BaseClient, resources: RunResources) -> dict[str, str]:
+    """Map each finished job's id to its status ('succeeded' or 'skipped')."""
+    prefix = f"{resources.records_prefix}/outcomes/"
+    outcomes: dict[str, str] = {}
+    for key in list_keys(s3, resources.records_bucket, prefix):
+        job_id, _, rest = key[len(prefix) :].partition(".")
+        status = rest.removesuffix(".json")
+        if status in OUTCOME_STATUSES:
+            outcomes[job_id] = status
+    return outcomes
+
+
+def last_failure(s3: BaseClient, resources: RunResources, job_id: str) -> dict | None:
+    return get_json(s3, resources.records_bucket, f"{resources.records_prefix}/attempts/{job_id}.json")
+
+
+def dead_jobs(s3: BaseClient, resources: RunResources, messages: Iterable[DeadMessage]) -> list[DeadJob]:
+    """One DeadJob per job id in the dead-letter queue, with the most specific reason known."""
+    found: dict[str, DeadJob] = {}
+    for message in messages:
+        try:
+            body = json.loads(message.body)
+            job_id, fields = str(body["job_id"]), dict(body.get("fields", {}))
+            failure = None if job_id in found else last_failure(s3, resources, job_id)
+        except (ValueError, KeyError, TypeError):
+            job_id, fields, failure = f"unreadable-{len(found)}", {"body": message.body[:500]}, None
+        if job_id in found:
+            continue
+        reason = message.reason or (failure or {}).get("reason") or "moved to the dead-letter queue after its retries"
+        attempts = int((failure or {}).get("attempt") or message.receive_count)
+        found[job_id] = DeadJob(job_id=job_id, fields=fields, reason=reason, attempts=attempts)
+    return sorted(found.values(), key=lambda dead: dead.job_id)
+
+
+def build_summary(
+    *,
+    resources: RunResources,
+    jobs: list[Job],
+    outcomes: dict[str, str],
+    dead: list[DeadJob],
+    duration_s: float,
+    error: str | None,
+) -> RunSummary:
+    """Account for every job of the job file exactly once.
+
+    A job with an outcome counts by its outcome even if a duplicate copy also died; jobs with
+    neither an outcome nor a dead copy are listed as unfinished.
+    """
+    job_ids = {job.job_id for job in jobs}
+    done = {job_id: status for job_id, status in outcomes.items() if job_id in job_ids}
+    failed = [job for job in dead if job.job_id not in done]
+    failed_ids = {job.job_id for job in failed}
+    unfinished = sorted(job.job_id for job in jobs if job.job_id not in done and job.job_id not in failed_ids)
+    return RunSummary(
+        total=len(jobs),
+        succeeded=sum(1 for status in done.values() if status == "succeeded"),
+        skipped=sum(1 for status in done.values() if status == "skipped"),
+        failed=failed,
+        unfinished=unfinished,
+        duration_s=round(duration_s, 1),
+        resources_left=[],
+        run_id=resources.run_id,
+        app_name=resources.app_name,
+        records_uri=f"s3://{resources.records_bucket}/{resources.records_prefix}/",
+        error=error,
+    )
+
+
+def save_summary(s3: BaseClient, resources: RunResources, summary: RunSummary) -> None:
+    put_json(s3, resources.records_bucket, f"{resources.records_prefix}/summary.json", summary.model_dump(mode="json"))

@@ -1,0 +1,1 @@
+"""The steps of a run, one module each. Each is a thin Prefect task over plain code in core/."""

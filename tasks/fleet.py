@@ -1,0 +1,28 @@
+"""Fleet start: the workers that take jobs off the queue."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from core.config import RunConfig
+from core.fleets import FleetRequest, fleet_backend
+from core.models import FleetHandle, QueueUrls, RunResources
+from core.worker_env import worker_environment
+from tasks._aws import AWS_RETRIES, aws_clients
+
+
+@task(name="start fleet", cache_policy=NO_CACHE, **AWS_RETRIES)
+def start_fleet(config: RunConfig, resources: RunResources, urls: QueueUrls) -> FleetHandle:
+    """Start the workers; starting again for the same run returns the running fleet."""
+    logger = get_run_logger()
+    backend = fleet_backend(config.fleet.backend, aws_clients(config))
+    request = FleetRequest(
+        run_id=resources.run_id,
+        workers=config.fleet.local_workers,
+        environment=worker_environment(config, resources, urls),
+        workdir=config.fleet.local_workdir,
+    )
+    handle = backend.start(request)
+    logger.info("Fleet %s (%s) started with %d workers", handle.id, handle.backend, handle.workers)
+    return handle

@@ -1,0 +1,88 @@
+"""Monitoring: watch the queues and the fleet until every job is accounted for."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from core.aws import sqs
+from core.config import RunConfig
+from core.fleets import fleet_backend
+from core.models import FleetHandle, QueueUrls, RunResources, RunSnapshot
+from core.monitor import wait_for_completion
+from core.records import read_outcomes
+from tasks._aws import AWS_RETRIES, aws_clients
+
+HEARTBEAT_S = 30.0
+
+
+@task(name="monitor", cache_policy=NO_CACHE, **AWS_RETRIES)
+def monitor_run(
+    config: RunConfig, resources: RunResources, urls: QueueUrls, fleet: FleetHandle, total: int
+) -> RunSnapshot:
+    """Poll (two AWS calls and a fleet check per reading, whatever the number of jobs) and keep a progress artifact current.
+
+    Logs when the counts change, and every 30 s otherwise.
+    """
+    logger = get_run_logger()
+    clients = aws_clients(config)
+    sqs_client, s3_client = clients.client("sqs"), clients.client("s3")
+    backend = fleet_backend(config.fleet.backend, clients)
+    progress = _Progress(logger=logger, total=total, artifact_id=create_progress_artifact(
+        0.0, description=f"Jobs finished of {total} ({config.app_name})"
+    ))
+
+    def read_snapshot() -> RunSnapshot:
+        queue = sqs.queue_counts(sqs_client, urls.queue_url)
+        dead = sqs.queue_counts(sqs_client, urls.dead_letter_queue_url)
+        return RunSnapshot(
+            total=total,
+            visible=queue.visible,
+            in_flight=queue.in_flight,
+            delayed=queue.delayed,
+            dead=dead.total,
+            workers_running=backend.status(fleet).running,
+        )
+
+    def count_accounted(snapshot: RunSnapshot) -> int:
+        return len(read_outcomes(s3_client, resources)) + snapshot.dead
+
+    final = wait_for_completion(
+        read_snapshot,
+        count_accounted,
+        settings=config.monitor,
+        clock=time.monotonic,
+        sleep=time.sleep,
+        on_snapshot=progress,
+    )
+    return final
+
+
+@dataclass
+class _Progress:
+    """Logs a reading when it differs from the last one, or every 30 s; mirrors it in the UI."""
+
+    logger: logging.Logger | logging.LoggerAdapter
+    total: int
+    artifact_id: UUID
+    line: str = ""
+    logged_at: float = field(default=0.0)
+
+    def __call__(self, snapshot: RunSnapshot) -> None:
+        line = (
+            f"{snapshot.finished}/{self.total} finished ({snapshot.dead} dead) | "
+            f"{snapshot.visible} waiting, {snapshot.in_flight} running, {snapshot.delayed} delayed | "
+            f"{snapshot.workers_running} workers"
+        )
+        now = time.monotonic()
+        if line == self.line and now - self.logged_at < HEARTBEAT_S:
+            return
+        self.logger.info("Progress: %s", line)
+        update_progress_artifact(self.artifact_id, 100.0 * snapshot.finished / max(self.total, 1), description=line)
+        self.line, self.logged_at = line, now

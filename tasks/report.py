@@ -1,0 +1,89 @@
+"""The run's summary: every job accounted for, saved to S3 and shown in the Prefect UI."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from core.aws import sqs
+from core.config import RunConfig
+from core.jobs import Job
+from core.models import CleanupResult, RunResources, RunSummary
+from core.records import build_summary, dead_jobs, read_outcomes, save_summary
+from tasks._aws import AWS_RETRIES, aws_clients
+
+
+@task(name="summarize", cache_policy=NO_CACHE, **AWS_RETRIES)
+def summarize_run(
+    config: RunConfig, resources: RunResources, jobs: list[Job], duration_s: float, error: str | None
+) -> RunSummary:
+    """Read outcomes and the dead-letter queue; must run before cleanup deletes that queue."""
+    clients = aws_clients(config)
+    s3_client, sqs_client = clients.client("s3"), clients.client("sqs")
+    dead_letter_url = sqs.queue_url(sqs_client, resources.dead_letter_queue_name)
+    messages = sqs.read_dead_messages(sqs_client, dead_letter_url) if dead_letter_url else []
+    return build_summary(
+        resources=resources,
+        jobs=jobs,
+        outcomes=read_outcomes(s3_client, resources),
+        dead=dead_jobs(s3_client, resources, messages),
+        duration_s=duration_s,
+        error=error,
+    )
+
+
+def _markdown(summary: RunSummary) -> str:
+    lines = [
+        f"# Run {summary.app_name}",
+        "",
+        "| | jobs |",
+        "|---|---|",
+        f"| total | {summary.total} |",
+        f"| succeeded | {summary.succeeded} |",
+        f"| skipped (already done) | {summary.skipped} |",
+        f"| failed (dead-letter queue) | {len(summary.failed)} |",
+        f"| unfinished | {len(summary.unfinished)} |",
+        "",
+        f"Duration: {summary.duration_s:.1f} s. Records and summary: `{summary.records_uri}`",
+        "",
+        f"Left in AWS: {', '.join(summary.resources_left) or 'nothing'}.",
+    ]
+    if summary.resources_kept:
+        lines.append(f"Kept on purpose: {', '.join(summary.resources_kept)}.")
+    if summary.error:
+        lines += ["", f"**The run stopped early:** {summary.error}"]
+    return "\n".join(lines)
+
+
+@task(name="publish summary", cache_policy=NO_CACHE, **AWS_RETRIES)
+def publish_summary(
+    config: RunConfig, resources: RunResources, summary: RunSummary, cleanup: CleanupResult
+) -> RunSummary:
+    """Add cleanup's result, save the summary next to the run's records, and show it in the UI."""
+    logger = get_run_logger()
+    summary = summary.model_copy(update={"resources_left": cleanup.left, "resources_kept": cleanup.kept})
+    save_summary(aws_clients(config).client("s3"), resources, summary)
+    create_markdown_artifact(_markdown(summary), key="run-summary", description=f"Summary of run {summary.run_id}")
+    if summary.failed:
+        create_table_artifact(
+            [
+                {"job_id": job.job_id, "reason": job.reason, "attempts": job.attempts, "fields": json.dumps(job.fields)}
+                for job in summary.failed
+            ],
+            key="dead-jobs",
+            description=f"Jobs of run {summary.run_id} that ended in the dead-letter queue",
+        )
+    logger.info(
+        "Run %s: %d jobs, %d succeeded, %d skipped, %d failed, %d unfinished; left in AWS: %s",
+        summary.run_id,
+        summary.total,
+        summary.succeeded,
+        summary.skipped,
+        len(summary.failed),
+        len(summary.unfinished),
+        summary.resources_left or "nothing",
+    )
+    return summary

@@ -1,0 +1,43 @@
+"""Setup: the buckets are checked, the dead-letter queue and the job queue made ready."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from core.aws import s3, sqs
+from core.config import RunConfig
+from core.models import QueueUrls, RunResources
+from tasks._aws import AWS_RETRIES, aws_clients
+
+
+@task(name="setup", cache_policy=NO_CACHE, **AWS_RETRIES)
+def setup_run(config: RunConfig, resources: RunResources) -> QueueUrls:
+    """Create (or update) the run's queues; idempotent, so a retry or a re-run is safe."""
+    logger = get_run_logger()
+    clients = aws_clients(config)
+    s3_client, sqs_client = clients.client("s3"), clients.client("sqs")
+    for setting, bucket in (("bucket", config.bucket), ("input_bucket", config.inputs_bucket), ("output_bucket", config.outputs_bucket)):
+        s3.check_bucket(s3_client, bucket, setting)
+    dead_letter_url = sqs.ensure_queue(
+        sqs_client,
+        resources.dead_letter_queue_name,
+        {"MessageRetentionPeriod": str(sqs.RETENTION_S)},
+        resources.tags,
+    )
+    queue_url = sqs.ensure_queue(
+        sqs_client,
+        resources.queue_name,
+        sqs.job_queue_attributes(
+            sqs.queue_arn(sqs_client, dead_letter_url), config.queue.visibility_timeout_s, config.queue.job_retries
+        ),
+        resources.tags,
+    )
+    logger.info(
+        "Queue %s ready (visibility %d s, %d attempts before the dead-letter queue %s)",
+        resources.queue_name,
+        config.queue.visibility_timeout_s,
+        config.queue.job_retries,
+        resources.dead_letter_queue_name,
+    )
+    return QueueUrls(queue_url=queue_url, dead_letter_queue_url=dead_letter_url)

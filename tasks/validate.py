@@ -1,0 +1,55 @@
+"""Read and check the config and the job file, before anything is created or paid for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from blocks.config import DistributedConfig
+from core.config import RunConfig, load_config_file, parse_config
+from core.errors import ConfigError
+from core.jobs import Job, load_jobs
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class ValidatedRun(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    config: RunConfig
+    jobs: list[Job]
+
+
+def resolve_config(value: str | dict[str, Any]) -> RunConfig:
+    """A config from a YAML path, a saved 'Distributed Config' block name, or an inline mapping."""
+    if isinstance(value, dict):
+        return parse_config(value, source="the config parameter")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"config must be a YAML file path, a saved block name or a mapping, got {value!r}; "
+            "quote a path that looks like a number: -p 'config=\"123\"'"
+        )
+    path = Path(value).expanduser()
+    if path.is_file() or path.suffix.lower() in CONFIG_SUFFIXES:
+        return load_config_file(path)
+    try:
+        block = DistributedConfig.load(value.removeprefix(f"{DistributedConfig.get_block_type_slug()}/"), _sync=True)
+    except ValueError:
+        raise ConfigError(
+            f"config '{value}' is neither a file nor a saved Distributed Config block "
+            "(see `prefect block ls`); give a path to a YAML file or a block name"
+        ) from None
+    return block.to_run_config()
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_run(config: str | dict[str, Any]) -> ValidatedRun:
+    logger = get_run_logger()
+    run_config = resolve_config(config)
+    jobs = load_jobs(run_config.job_file, run_config.command)
+    logger.info("Config %s: %d jobs in %s, all valid", run_config.app_name, len(jobs), run_config.job_file)
+    return ValidatedRun(config=run_config, jobs=jobs)

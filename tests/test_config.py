@@ -1,0 +1,82 @@
+"""The config: every mistake is an error that names the setting and says what is expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import RunConfig, load_config_file, parse_config
+from core.errors import ConfigError
+
+MINIMAL = {"app_name": "cells", "job_file": "jobs.json", "command": "run {x}", "bucket": "my-bucket"}
+
+
+def test_defaults_follow_distributed_something_where_it_had_one() -> None:
+    config = parse_config(MINIMAL, "test")
+    assert config.queue.visibility_timeout_s == 60
+    assert config.queue.retry_delay_s == 60
+    assert config.fleet.backend == "local"
+    assert config.check_if_done.enabled is False
+    assert config.inputs_bucket == config.outputs_bucket == "my-bucket"
+
+
+def test_an_unknown_key_is_named_with_the_closest_known_one() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config({**MINIMAL, "queue": {"visiblity_timeout_s": 30}}, "cfg.yaml")
+    assert "cfg.yaml" in str(error.value)
+    assert "queue.visiblity_timeout_s: unknown setting; did you mean 'visibility_timeout_s'?" in str(error.value)
+
+
+def test_a_wrong_type_names_the_field_and_the_value() -> None:
+    with pytest.raises(ConfigError, match=r"queue\.job_retries: Input should be a valid integer.*'three'"):
+        parse_config({**MINIMAL, "queue": {"job_retries": "three"}}, "cfg.yaml")
+
+
+def test_out_of_range_values_are_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"queue\.visibility_timeout_s: Input should be less than or equal to 43200"):
+        parse_config({**MINIMAL, "queue": {"visibility_timeout_s": 50000}}, "cfg.yaml")
+
+
+def test_a_missing_required_setting_is_named() -> None:
+    data = {k: v for k, v in MINIMAL.items() if k != "command"}
+    with pytest.raises(ConfigError, match="command: required setting is missing"):
+        parse_config(data, "cfg.yaml")
+
+
+def test_an_invalid_bucket_name_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="bucket: .*lowercase letters"):
+        parse_config({**MINIMAL, "bucket": "My_Bucket"}, "cfg.yaml")
+
+
+def test_the_spot_fleet_backend_is_refused_until_it_exists() -> None:
+    with pytest.raises(ConfigError, match="fleet.backend 'spot-fleet' is not available"):
+        parse_config({**MINIMAL, "fleet": {"backend": "spot-fleet"}}, "cfg.yaml")
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file .*nope\.yaml does not exist"):
+        load_config_file(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_is_reported_with_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("app_name: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config_file(path)
+
+
+def test_paths_in_a_config_file_are_relative_to_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text("app_name: cells\njob_file: jobs.json\ncommand: run\nbucket: my-bucket\n")
+    config = load_config_file(path)
+    assert config.job_file == tmp_path / "sub" / "jobs.json"
+    assert config.fleet.local_workdir == tmp_path / "sub"
+
+
+def test_queue_names_are_derived_from_the_app_and_the_run() -> None:
+    config = RunConfig.model_validate(MINIMAL)
+    assert config.queue_names("0123abcd-0000-0000-0000-000000000000") == ("cells-0123abcd", "cells-0123abcd-dead")
+    named = RunConfig.model_validate({**MINIMAL, "queue": {"name": "MyQueue"}})
+    assert named.queue_names("x") == ("MyQueue", "MyQueue-dead")
