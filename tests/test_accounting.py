@@ -1,0 +1,79 @@
+"""Every job is accounted for exactly once, from outcome records and the dead-letter queue."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from core.aws.s3 import put_json
+from core.aws.sqs import DeadMessage
+from core.jobs import Job
+from core.models import RunResources
+from core.records import build_summary, dead_jobs, read_outcomes
+
+pytestmark = pytest.mark.usefixtures("aws_mock")
+
+RESOURCES = RunResources(
+    run_id="run-1",
+    app_name="cells",
+    queue_name="q",
+    dead_letter_queue_name="q-dead",
+    records_bucket="records",
+    records_prefix="runs/run-1",
+    tags={},
+)
+
+
+def job(job_id: str) -> Job:
+    return Job(job_id=job_id, index=0, fields={"id": job_id}, inputs=(), output=f"o/{job_id}")
+
+
+def dead(job_id: str, reason: str | None = None, receive_count: int = 3) -> DeadMessage:
+    body = json.dumps({"schema_version": 1, "run_id": "run-1", "job_id": job_id, "fields": {"id": job_id}})
+    return DeadMessage(body=body, reason=reason, receive_count=receive_count)
+
+
+@pytest.fixture
+def s3():
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="records")
+    return client
+
+
+def test_outcomes_are_counted_by_key_and_a_job_counts_once(s3) -> None:
+    for key in ("a.succeeded.json", "b.skipped.json", "c.succeeded.json", "junk.txt"):
+        s3.put_object(Bucket="records", Key=f"runs/run-1/outcomes/{key}", Body=b"{}")
+    s3.put_object(Bucket="records", Key="runs/other-run/outcomes/z.succeeded.json", Body=b"{}")
+    assert read_outcomes(s3, RESOURCES) == {"a": "succeeded", "b": "skipped", "c": "succeeded"}
+
+
+def test_a_dead_job_carries_the_workers_reason_or_its_last_failed_attempt(s3) -> None:
+    put_json(s3, "records", "runs/run-1/attempts/b.json", {"job_id": "b", "attempt": 2, "reason": "exit status 2: bad row"})
+    found = dead_jobs(s3, RESOURCES, [dead("a", reason="input missing", receive_count=1), dead("b"), dead("c"), dead("b")])
+    assert [(d.job_id, d.reason, d.attempts) for d in found] == [
+        ("a", "input missing", 1),
+        ("b", "exit status 2: bad row", 2),
+        ("c", "moved to the dead-letter queue after its retries", 3),
+    ]
+    assert found[0].fields == {"id": "a"}
+
+
+def test_the_summary_accounts_for_every_job_exactly_once(s3) -> None:
+    jobs = [job(i) for i in "abcde"]
+    summary = build_summary(
+        resources=RESOURCES,
+        jobs=jobs,
+        outcomes={"a": "succeeded", "b": "skipped", "c": "succeeded", "stranger": "succeeded"},
+        # "c" both succeeded and has a dead duplicate: it counts as succeeded only.
+        dead=dead_jobs(s3, RESOURCES, [dead("c"), dead("d")]),
+        duration_s=12.345,
+        error=None,
+    )
+    assert (summary.total, summary.succeeded, summary.skipped) == (5, 2, 1)
+    assert [d.job_id for d in summary.failed] == ["d"]
+    assert summary.unfinished == ["e"]
+    assert summary.accounted == summary.total
+    assert summary.duration_s == 12.3
+    assert summary.records_uri == "s3://records/runs/run-1/"
