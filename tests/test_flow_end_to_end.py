@@ -1,0 +1,203 @@
+"""The `distributed` flow end to end: a moto server on loopback, real worker processes, Prefect.
+
+Every test starts from an empty emulator and checks AWS state afterwards: outputs in S3, the
+summary's counts and reasons, and that no queue of the run is left.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from core.errors import ConfigError
+from core.models import RunSummary
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+BUCKET = "e2e-data"
+WELLS = ["A01", "A02", "A03", "A04", "A05", "B01"]
+BROKEN_WELL = "B01"
+
+# A stand-in for a user's program: doubles every number of its input; "FAIL" in the input fails it.
+PROGRAM = """
+import pathlib, sys
+source, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+text = "".join(p.read_text() for p in sorted(source.rglob("*.txt")))
+if "FAIL" in text:
+    print("cannot read this well: corrupt value", file=sys.stderr)
+    sys.exit(3)
+target.mkdir(parents=True, exist_ok=True)
+(target / "doubled.txt").write_text(" ".join(str(2 * int(n)) for n in text.split()))
+"""
+
+
+@pytest.fixture
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("DISTRIBUTED_LOCAL_STATE", str(tmp_path / "fleet-state"))
+    return moto_endpoint
+
+
+def write_batch(tmp_path: Path, **overrides: object) -> Path:
+    """A config, a job file and a program in tmp_path; returns the config's path."""
+    (tmp_path / "program.py").write_text(PROGRAM)
+    (tmp_path / "jobs.json").write_text(
+        json.dumps(
+            {
+                "_comment": "one job per well",
+                "inputs": ["inputs/{well}.txt"],
+                "output": "results/{well}",
+                "groups": [{"well": well} for well in WELLS],
+            }
+        )
+    )
+    config = {
+        "app_name": "e2e",
+        "job_file": "jobs.json",
+        "command": f"{sys.executable} program.py {{input_dir}} {{output_dir}}",
+        "bucket": BUCKET,
+        "queue": {"visibility_timeout_s": 20, "job_retries": 2, "retry_delay_s": 1},
+        "fleet": {"local_workers": 2},
+        "check_if_done": {"enabled": True},
+        "monitor": {"poll_interval_s": 0.5, "settle_polls": 2, "worker_idle_exit_s": 2, "worker_wait_time_s": 1},
+        **overrides,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def upload_inputs() -> None:
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    for n, well in enumerate(WELLS):
+        body = "1 2 FAIL" if well == BROKEN_WELL else f"{n} {n + 1} {n + 2}"
+        s3.put_object(Bucket=BUCKET, Key=f"inputs/{well}.txt", Body=body.encode())
+
+
+def queues_left() -> list[str]:
+    return boto3.client("sqs").list_queues().get("QueueUrls", [])
+
+
+def run_flow(config: str | dict) -> RunSummary:
+    from flows.distributed import distributed
+
+    return distributed(config=config)
+
+
+def test_a_batch_runs_to_completion_and_leaves_nothing_behind(aws: str, tmp_path: Path) -> None:
+    upload_inputs()
+    summary = run_flow(str(write_batch(tmp_path)))
+
+    assert (summary.total, summary.succeeded, summary.skipped) == (6, 5, 0)
+    assert summary.unfinished == [] and summary.error is None
+    (dead,) = summary.failed
+    assert dead.fields == {"well": BROKEN_WELL}
+    assert "3" in dead.reason and dead.attempts == 2
+    assert summary.resources_left == []
+    assert queues_left() == []
+
+    s3 = boto3.client("s3")
+    for n, well in enumerate(WELLS):
+        key = f"results/{well}/doubled.txt"
+        if well == BROKEN_WELL:
+            assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"results/{well}/").get("KeyCount", 0) == 0
+        else:
+            assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode() == f"{2 * n} {2 * n + 2} {2 * n + 4}"
+    saved = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{summary.run_id}/summary.json")["Body"].read())
+    assert RunSummary.model_validate(saved) == summary
+
+
+def test_the_summary_and_dead_jobs_are_artifacts_of_the_run(aws: str, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    upload_inputs()
+    summary = run_flow(str(write_batch(tmp_path)))
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[summary.run_id]))
+        )
+    by_key = {artifact.key: artifact for artifact in artifacts if artifact.key}
+    assert "| succeeded | 5 |" in by_key["run-summary"].data
+    (row,) = json.loads(by_key["dead-jobs"].data) if isinstance(by_key["dead-jobs"].data, str) else by_key["dead-jobs"].data
+    assert row["job_id"] == summary.failed[0].job_id
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert progress and progress[0].data == pytest.approx(100.0)
+
+
+def test_a_second_run_skips_every_job_already_done(aws: str, tmp_path: Path) -> None:
+    upload_inputs()
+    config = str(write_batch(tmp_path))
+    run_flow(config)
+    again = run_flow(config)
+    assert (again.succeeded, again.skipped, len(again.failed)) == (0, 5, 1)
+    assert queues_left() == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"queue": {"visiblity_timeout_s": 5}}, "queue.visiblity_timeout_s: unknown setting; did you mean 'visibility_timeout_s'?"),
+        ({"queue": {"job_retries": "many"}}, "queue.job_retries: Input should be a valid integer"),
+        ({"job_file": "nowhere.json"}, "nowhere.json does not exist"),
+        ({"job_file": "no-groups.json"}, "needs a non-empty 'groups' list"),
+        ({"bucket": "no-such-bucket"}, "bucket: bucket 'no-such-bucket' does not exist"),
+    ],
+)
+def test_bad_input_is_refused_before_any_resource_exists(
+    aws: str, tmp_path: Path, change: dict, message: str
+) -> None:
+    (tmp_path / "no-groups.json").write_text(json.dumps({"output": "o", "jobs": []}))
+    with pytest.raises(ConfigError) as error:
+        run_flow(str(write_batch(tmp_path, **change)))
+    assert message in str(error.value)
+    assert queues_left() == []
+    assert boto3.client("s3").list_buckets()["Buckets"] == []
+
+
+def test_an_inline_mapping_works_as_the_config(aws: str, tmp_path: Path) -> None:
+    upload_inputs()
+    config = yaml.safe_load(write_batch(tmp_path).read_text())
+    config.update(job_file=str(tmp_path / "jobs.json"), fleet={"local_workers": 2, "local_workdir": str(tmp_path)})
+    summary = run_flow(config)
+    assert summary.succeeded == 5
+
+
+def test_no_secret_reaches_a_log_an_artifact_or_the_summary(
+    aws: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect_aws import AwsCredentials
+
+    secret = "distributed-Secret-Value-0123456789"
+    AwsCredentials(aws_access_key_id="AKIAE2ETESTKEY", aws_secret_access_key=secret, region_name="us-east-1").save(
+        "e2e-credentials", overwrite=True
+    )
+    upload_inputs()
+    summary = run_flow(str(write_batch(tmp_path, aws_credentials="e2e-credentials")))
+    assert summary.succeeded == 5
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[summary.run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[summary.run_id]))
+        )
+    worker_logs = [p.read_text() for p in (tmp_path / "fleet-state").rglob("*.log")]
+    captured = capfd.readouterr()
+    haystacks = {
+        "flow and task logs": "\n".join(log.message for log in logs),
+        "artifacts": "\n".join(str(a.data) + str(a.description) for a in artifacts),
+        "worker logs": "\n".join(worker_logs),
+        "summary": summary.model_dump_json(),
+        "console": captured.out + captured.err,
+    }
+    assert len(logs) > 10 and worker_logs
+    for where, text in haystacks.items():
+        assert secret not in text, f"the secret appeared in the {where}"
