@@ -1,0 +1,354 @@
+"""The worker's pure logic: settings, the wire format, the command line, check-if-done, records.
+
+Nothing here touches the network, the file system or the clock, so every decision the worker makes
+can be tested without AWS. `worker.loop` and `worker.main` are the I/O shell around it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import string
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+SCHEMA_VERSION = 1
+OUTPUT_TAIL_LINES = 20
+# The names the worker itself supplies to the command template; a job field may not shadow them.
+RESERVED_PLACEHOLDERS = frozenset({"input_dir", "output_dir", "job_id"})
+# Only fields named like this become `JOB_<NAME>` variables: other names are unusable in a shell, and
+# some (with '=') cannot be in an environment at all.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# SQS limits: visibility timeouts up to 12 hours, long polls up to 20 seconds.
+_MAX_VISIBILITY_S = 43_200
+_MAX_WAIT_TIME_S = 20
+
+_Num = TypeVar("_Num", int, float)
+
+
+class ConfigError(ValueError):
+    """The worker's environment is incomplete or malformed; the message names the variable."""
+
+
+class PermanentFailure(Exception):
+    """A job that can never succeed as sent: it goes to the dead-letter queue without retries."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MalformedJob(PermanentFailure):
+    """A message body that is not a valid job.
+
+    `job_id` is whatever job id could still be read from the body, so the failure can be recorded
+    under it; None when the body does not even carry one.
+    """
+
+    def __init__(self, reason: str, job_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.job_id = job_id
+
+
+class MissingPlaceholder(PermanentFailure):
+    """The command template names a placeholder that the job does not define."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything the worker reads from its environment, validated once at start-up."""
+
+    queue_url: str
+    dead_letter_queue_url: str
+    run_id: str
+    command: str
+    input_bucket: str
+    output_bucket: str
+    records_bucket: str
+    check_if_done: bool = False
+    expected_number_files: int = 1
+    min_file_size_bytes: int = 1
+    necessary_string: str = ""
+    visibility_timeout_s: int = 60
+    retry_delay_s: int = 60
+    job_timeout_s: float = 0.0
+    idle_exit_s: float = 60.0
+    wait_time_s: int = 20
+    processes: int = 1
+    stagger_s: float = 0.0
+    work_dir: str | None = None
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """Extend visibility every half timeout, so one late or failed call does not lose the job."""
+        return self.visibility_timeout_s / 2
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """One job as sent on the queue (see the wire format in worker/README.md)."""
+
+    run_id: str
+    job_id: str
+    fields: Mapping[str, Any]
+    inputs: tuple[str, ...]
+    output: str
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required but not set")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: _Num, low: _Num, high: _Num | None = None) -> _Num:
+    """Parse a numeric variable of the default's type (int or float) within [low, high]."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    kind = type(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {expected}, got {raw!r}") from None
+    if not low <= value <= (high if high is not None else value):  # also rejects NaN
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{name} must be {bounds}, got {raw!r}")
+    return value
+
+
+def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise ConfigError(f"{name} must be 'true' or 'false', got {raw!r}")
+    return raw == "true"
+
+
+def _is_positional(field_name: str) -> bool:
+    """'{}', '{0}', '{0.attr}' or '{0[key]}' would need positional arguments, which never exist."""
+    first = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+    return first == "" or first.isdigit()
+
+
+def _check_template(command: str) -> None:
+    """Reject a command that could never be rendered, at start-up rather than once per job."""
+    try:
+        tokens = shlex.split(command)
+        names = [name for token in tokens for _, name, _, _ in string.Formatter().parse(token)]
+    except ValueError as exc:  # unbalanced quotes or braces
+        raise ConfigError(f"DISTRIBUTED_COMMAND is not a valid command template: {exc}") from None
+    if not tokens:
+        raise ConfigError("DISTRIBUTED_COMMAND is required but empty")
+    if any(name is not None and _is_positional(name) for name in names):
+        raise ConfigError("DISTRIBUTED_COMMAND uses a positional placeholder; name every placeholder")
+
+
+def settings_from_env(env: Mapping[str, str]) -> WorkerSettings:
+    """Build the settings from environment variables; raises ConfigError naming the bad variable."""
+    command = _required(env, "DISTRIBUTED_COMMAND")
+    _check_template(command)
+    return WorkerSettings(
+        queue_url=_required(env, "DISTRIBUTED_QUEUE_URL"),
+        dead_letter_queue_url=_required(env, "DISTRIBUTED_DEAD_LETTER_QUEUE_URL"),
+        run_id=_required(env, "DISTRIBUTED_RUN_ID"),
+        command=command,
+        input_bucket=_required(env, "DISTRIBUTED_INPUT_BUCKET"),
+        output_bucket=_required(env, "DISTRIBUTED_OUTPUT_BUCKET"),
+        records_bucket=_required(env, "DISTRIBUTED_RECORDS_BUCKET"),
+        check_if_done=_boolean(env, "DISTRIBUTED_CHECK_IF_DONE", False),
+        expected_number_files=_number(env, "DISTRIBUTED_EXPECTED_NUMBER_FILES", 1, low=1),
+        min_file_size_bytes=_number(env, "DISTRIBUTED_MIN_FILE_SIZE_BYTES", 1, low=0),
+        necessary_string=env.get("DISTRIBUTED_NECESSARY_STRING", ""),
+        visibility_timeout_s=_number(env, "DISTRIBUTED_VISIBILITY_TIMEOUT_S", 60, 1, _MAX_VISIBILITY_S),
+        retry_delay_s=_number(env, "DISTRIBUTED_RETRY_DELAY_S", 60, 0, _MAX_VISIBILITY_S),
+        job_timeout_s=_number(env, "DISTRIBUTED_JOB_TIMEOUT_S", 0.0, low=0.0),
+        idle_exit_s=_number(env, "DISTRIBUTED_IDLE_EXIT_S", 60.0, low=0.0),
+        wait_time_s=_number(env, "DISTRIBUTED_WAIT_TIME_S", 20, 0, _MAX_WAIT_TIME_S),
+        processes=_number(env, "DISTRIBUTED_PROCESSES", 1, low=1),
+        stagger_s=_number(env, "DISTRIBUTED_STAGGER_S", 0.0, low=0.0),
+        work_dir=env.get("DISTRIBUTED_WORK_DIR", "").strip() or None,
+    )
+
+
+def _non_empty_string(body: Mapping[str, Any], key: str, job_id: str | None) -> str:
+    value = body[key]
+    if not isinstance(value, str) or not value:
+        raise MalformedJob(f"'{key}' must be a non-empty string, got {value!r}", job_id)
+    return value
+
+
+def _check_input_key(key: Any, job_id: str) -> str:
+    """An input key must stay below the input directory once used as a relative path."""
+    if not isinstance(key, str) or not key:
+        raise MalformedJob(f"every input must be a non-empty string, got {key!r}", job_id)
+    if key.startswith("/") or ".." in PurePosixPath(key).parts or key.endswith("/"):
+        raise MalformedJob(f"input key {key!r} cannot be stored below the input directory", job_id)
+    return key
+
+
+def parse_message(body: str) -> JobMessage:
+    """Parse and validate a message body; raises MalformedJob with the reason."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise MalformedJob(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedJob(f"body must be a JSON object, got {type(data).__name__}")
+    raw_job_id = data.get("job_id")
+    job_id = raw_job_id if isinstance(raw_job_id, str) and raw_job_id else None
+    missing = sorted({"schema_version", "run_id", "job_id", "fields", "inputs", "output"} - data.keys())
+    if missing:
+        raise MalformedJob(f"missing keys: {', '.join(missing)}", job_id)
+    version = data["schema_version"]
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise MalformedJob(f"unsupported schema_version {version!r} (this worker reads {SCHEMA_VERSION})", job_id)
+    run_id = _non_empty_string(data, "run_id", job_id)
+    job_id = _non_empty_string(data, "job_id", job_id)
+    output = _non_empty_string(data, "output", job_id)
+    if output.endswith("/"):
+        raise MalformedJob(f"'output' must not end with '/', got {output!r}", job_id)
+
+    fields = data["fields"]
+    if not isinstance(fields, dict):
+        raise MalformedJob(f"'fields' must be an object, got {type(fields).__name__}", job_id)
+    # A field named like a placeholder the worker supplies would make `{job_id}` ambiguous.
+    reserved = sorted(RESERVED_PLACEHOLDERS & fields.keys())
+    if reserved:
+        raise MalformedJob(f"field name {reserved[0]!r} is reserved for the worker", job_id)
+
+    inputs = data["inputs"]
+    if not isinstance(inputs, list):
+        raise MalformedJob(f"'inputs' must be a list, got {type(inputs).__name__}", job_id)
+    return JobMessage(
+        run_id=run_id,
+        job_id=job_id,
+        fields=MappingProxyType(dict(fields)),
+        inputs=tuple(_check_input_key(key, job_id) for key in inputs),
+        output=output,
+    )
+
+
+def render_command(template: str, job: JobMessage, input_dir: str, output_dir: str) -> list[str]:
+    """The program's argv: the template split like a shell would, then each word formatted.
+
+    Splitting before formatting keeps every value one argument, whatever spaces or quotes it
+    holds, so a job's fields can never inject extra arguments.
+    """
+    values = {**job.fields, "input_dir": input_dir, "output_dir": output_dir, "job_id": job.job_id}
+    argv: list[str] = []
+    for token in shlex.split(template):
+        try:
+            argv.append(token.format(**values))
+        except KeyError as exc:
+            raise MissingPlaceholder(
+                f"the command uses placeholder {{{exc.args[0]}}}, which the job does not define"
+            ) from None
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+            raise PermanentFailure(f"cannot render command word {token!r} for this job: {exc}") from None
+    return argv
+
+
+def job_environment(job: JobMessage) -> dict[str, str]:
+    """The job's scalar fields as `JOB_<FIELD>` variables, rendered like str.format renders them."""
+    return {
+        f"JOB_{name.upper()}": str(value)
+        for name, value in job.fields.items()
+        if isinstance(value, (str, int, float, bool)) and _ENV_NAME.match(name)
+    }
+
+
+def count_finished_outputs(objects: Iterable[tuple[str, int]], min_size_bytes: int, necessary_string: str) -> int:
+    """How many (key, size) pairs count as finished outputs.
+
+    The filter applies to the key (the original Distributed-Something tested the string against
+    the size and crashed).
+    """
+    return sum(1 for key, size in objects if size >= min_size_bytes and necessary_string in key)
+
+
+def outputs_complete(objects: Iterable[tuple[str, int]], settings: WorkerSettings) -> bool:
+    """Check-if-done: are there enough finished outputs to skip the job?"""
+    found = count_finished_outputs(objects, settings.min_file_size_bytes, settings.necessary_string)
+    return found >= settings.expected_number_files
+
+
+def output_key(job: JobMessage, relative_path: str) -> str:
+    """Where a file the program wrote (path relative to the output directory) goes in S3."""
+    return f"{job.output}/{relative_path}"
+
+
+def outcome_prefix(run_id: str, job_id: str) -> str:
+    """What every outcome record of the job starts with, whatever its status (the dot ends the id)."""
+    return f"runs/{run_id}/outcomes/{job_id}."
+
+
+def outcome_key(run_id: str, job_id: str, status: str) -> str:
+    """The status is part of the key, so one listing of `outcomes/` counts a whole run."""
+    return f"{outcome_prefix(run_id, job_id)}{status}.json"
+
+
+def attempt_key(run_id: str, job_id: str) -> str:
+    return f"runs/{run_id}/attempts/{job_id}.json"
+
+
+def _utc_iso(moment: datetime) -> str:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("record times must be timezone-aware")
+    return moment.astimezone(timezone.utc).isoformat()  # noqa: UP017 - the image may run Python 3.10
+
+
+def outcome_record(
+    job_id: str, *, status: str, attempt: int, duration_s: float, worker: str, finished_at: datetime
+) -> dict[str, Any]:
+    """The one record of a finished job (`succeeded` or `skipped`)."""
+    if status not in ("succeeded", "skipped"):
+        raise ValueError(f"unknown outcome status {status!r}")
+    return {
+        "job_id": job_id,
+        "status": status,
+        "attempt": attempt,
+        "duration_s": round(duration_s, 3),
+        "worker": worker,
+        "finished_at": _utc_iso(finished_at),
+    }
+
+
+def attempt_record(
+    job_id: str,
+    *,
+    attempt: int,
+    permanent: bool,
+    reason: str,
+    exit_code: int | None,
+    output_lines: Iterable[str],
+    worker: str,
+    failed_at: datetime,
+) -> dict[str, Any]:
+    """The record of the latest failed attempt; `output_tail` keeps the last 20 output lines."""
+    tail = list(output_lines)[-OUTPUT_TAIL_LINES:]
+    return {
+        "job_id": job_id,
+        "attempt": attempt,
+        "permanent": permanent,
+        "reason": reason,
+        "exit_code": exit_code,
+        "output_tail": "\n".join(tail),
+        "worker": worker,
+        "failed_at": _utc_iso(failed_at),
+    }
+
+
+def backoff_delay_s(failures: int, base_s: float = 1.0, cap_s: float = 60.0) -> float:
+    """Capped exponential back-off after `failures` consecutive errors (1, 2, 4, ... cap)."""
+    if failures <= 0:
+        return 0.0
+    return min(cap_s, base_s * 2.0 ** min(failures - 1, 32))

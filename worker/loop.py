@@ -1,0 +1,377 @@
+"""One worker loop: poll, run one job at a time, record, until the queue drains (worker/README.md).
+
+Every decision is made by `worker.core`; this module only talks to AWS, the file system and the
+program, and decides which kind of failure each I/O error is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker.core import (
+    JobMessage,
+    MalformedJob,
+    PermanentFailure,
+    WorkerSettings,
+    attempt_key,
+    attempt_record,
+    backoff_delay_s,
+    job_environment,
+    outcome_key,
+    outcome_prefix,
+    outcome_record,
+    output_key,
+    outputs_complete,
+    parse_message,
+    render_command,
+)
+from worker.program import Heartbeat, run_program
+
+logger = logging.getLogger("worker")
+
+QUEUE_GONE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+QUEUE_COUNT_ATTRIBUTES = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+# An empty poll cycle takes at least this long, so a short poll (wait time 0) cannot spin.
+MIN_EMPTY_POLL_S = 1.0
+# SQS message attributes are small; a reason is a sentence, not a log.
+MAX_REASON_CHARS = 1000
+
+
+class TransientFailure(Exception):
+    """An attempt that failed but may succeed later: the message is retried after the delay."""
+
+    def __init__(self, reason: str, exit_code: int | None = None, output_tail: Sequence[str] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+        self.output_tail = tuple(output_tail)
+
+
+class Interrupted(Exception):
+    """The worker is stopping: the job is handed back to the queue, no attempt is recorded."""
+
+
+@dataclass(frozen=True)
+class Clients:
+    """One loop's boto3 clients (see worker.main.make_clients)."""
+
+    sqs: Any
+    s3: Any
+
+
+def error_code(exc: ClientError) -> str:
+    """AWS errors are told apart by their code, never by their message."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@contextmanager
+def job_directories(parent: str | None) -> Iterator[tuple[Path, Path, Path]]:
+    """Fresh input, output and work directories for one job, removed afterwards whatever happened."""
+    root = Path(tempfile.mkdtemp(prefix="job-", dir=parent))
+    try:
+        directories = (root / "input", root / "output", root / "work")
+        for directory in directories:
+            directory.mkdir()
+        yield directories
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def utc_now() -> datetime:
+    """Records carry UTC times."""
+    return datetime.now(timezone.utc)  # noqa: UP017 - the image may run Python 3.10
+
+
+class WorkerLoop:
+    """One loop: poll, run one job at a time, until the queue has drained, vanished or we stop."""
+
+    def __init__(self, index: int, settings: WorkerSettings, clients: Clients, stop: threading.Event) -> None:
+        self.index = index
+        self.settings = settings
+        self.sqs = clients.sqs
+        self.s3 = clients.s3
+        self.stop = stop
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{index}"
+        self.log = self._job_log("-")
+        # When the queue was first seen drained (monotonic time), for the idle exit.
+        self._idle_since: float | None = None
+
+    def _job_log(self, job_id: str) -> logging.LoggerAdapter[Any]:
+        return logging.LoggerAdapter(logger, {"worker": self.worker, "run_id": self.settings.run_id, "job_id": job_id})
+
+    def run(self) -> None:
+        if self.stop.wait(self.index * self.settings.stagger_s):
+            return
+        self.log.info("loop started")
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                if not self._step():
+                    return
+                failures = 0
+            except ClientError as exc:
+                if error_code(exc) in QUEUE_GONE_CODES:
+                    self.log.info("the queue no longer exists: loop finished")
+                    return
+                failures = self._back_off(failures)
+            except Exception:  # noqa: BLE001 - the loop must survive anything; _back_off logs it
+                failures = self._back_off(failures)
+        self.log.info("stopped")
+
+    def _step(self) -> bool:
+        """One poll and whatever it brought; False once the queue has been drained long enough."""
+        polled_at = time.monotonic()
+        message = self._receive()
+        if message is not None:
+            self._idle_since = None
+            self._handle(message)
+            return True
+        if not self._queue_is_empty():
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = polled_at
+        if self._idle_since is not None and time.monotonic() - self._idle_since >= self.settings.idle_exit_s:
+            self.log.info("queue empty for %.0f s: loop finished", self.settings.idle_exit_s)
+            return False
+        self.stop.wait(max(0.0, MIN_EMPTY_POLL_S - (time.monotonic() - polled_at)))
+        return True
+
+    def _back_off(self, failures: int) -> int:
+        """Log the current exception and wait before the next try; returns the new failure count."""
+        failures += 1
+        delay = backoff_delay_s(failures)
+        self.log.exception("error in the worker loop (failure %d in a row); retrying in %.0f s", failures, delay)
+        self.stop.wait(delay)
+        return failures
+
+    def _receive(self) -> dict[str, Any] | None:
+        response = self.sqs.receive_message(
+            QueueUrl=self.settings.queue_url,
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=self.settings.wait_time_s,
+            VisibilityTimeout=self.settings.visibility_timeout_s,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        messages = response.get("Messages", [])
+        return messages[0] if messages else None
+
+    def _queue_is_empty(self) -> bool:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.settings.queue_url, AttributeNames=list(QUEUE_COUNT_ATTRIBUTES)
+        )["Attributes"]
+        return all(int(attributes.get(name, "0")) == 0 for name in QUEUE_COUNT_ATTRIBUTES)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        """Take one message through its whole life: it ends deleted, dead-lettered or visible again."""
+        receipt = message["ReceiptHandle"]
+        attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        if self.stop.is_set():
+            self._release(receipt, self.log)
+            return
+        try:
+            job = parse_message(message["Body"])
+            if job.run_id != self.settings.run_id:
+                raise MalformedJob(f"the job belongs to run {job.run_id!r}, not {self.settings.run_id!r}", job.job_id)
+        except MalformedJob as exc:
+            job_id = exc.job_id or f"unparsed-{message['MessageId']}"
+            self._fail_permanently(message, job_id, attempt, exc.reason, self._job_log(job_id))
+            return
+        log = self._job_log(job.job_id)
+        if self._has_outcome(job):
+            log.info("already done (duplicate delivery): deleting the message")
+            self._delete(receipt)
+            return
+
+        log.info("starting attempt %d", attempt)
+        started = time.monotonic()
+        heartbeat = Heartbeat(
+            self.sqs,
+            queue_url=self.settings.queue_url,
+            receipt_handle=receipt,
+            visibility_timeout_s=self.settings.visibility_timeout_s,
+            interval_s=self.settings.heartbeat_interval_s,
+            log=log,
+        )
+        try:
+            with heartbeat:
+                status = self._execute(job, log)
+        except Interrupted:
+            log.info("stopping: handing the job back to the queue")
+            self._release(receipt, log)
+            return
+        except PermanentFailure as exc:
+            self._fail_permanently(message, job.job_id, attempt, exc.reason, log)
+            return
+        except TransientFailure as exc:
+            self._fail_transiently(receipt, job.job_id, attempt, exc, log)
+            return
+        duration_s = time.monotonic() - started
+        record = outcome_record(
+            job.job_id, status=status, attempt=attempt, duration_s=duration_s, worker=self.worker, finished_at=utc_now()
+        )
+        self._put_record(outcome_key(job.run_id, job.job_id, status), record)
+        self._delete(receipt)
+        log.info("%s in %.1f s", status, duration_s)
+
+    def _execute(self, job: JobMessage, log: logging.LoggerAdapter[Any]) -> str:
+        """Skip or run the job; returns the outcome status or raises the kind of failure."""
+        if self.settings.check_if_done and outputs_complete(self._list_outputs(job), self.settings):
+            log.info("check-if-done: outputs already present, skipping")
+            return "skipped"
+        with job_directories(self.settings.work_dir) as (input_dir, output_dir, work_dir):
+            argv = render_command(self.settings.command, job, str(input_dir), str(output_dir))
+            self._download_inputs(job, input_dir, log)
+            if self.stop.is_set():
+                raise Interrupted
+            try:
+                # The worker's own folder is the program's, so relative paths in the command work;
+                # scratch files go to a per-job TMPDIR that copies running side by side never share.
+                result = run_program(
+                    argv,
+                    env={**os.environ, **job_environment(job), "TMPDIR": str(work_dir)},
+                    timeout_s=self.settings.job_timeout_s,
+                    stop=self.stop,
+                    log=log,
+                )
+            except OSError as exc:
+                raise TransientFailure(f"could not start the program: {exc}") from None
+            if result.interrupted:
+                raise Interrupted
+            if result.timed_out:
+                raise TransientFailure(f"timed out after {self.settings.job_timeout_s:g} s", None, result.output_tail)
+            if result.exit_code != 0:
+                raise TransientFailure(f"exit status {result.exit_code}", result.exit_code, result.output_tail)
+            self._upload_outputs(job, output_dir, result.output_tail, log)
+        return "succeeded"
+
+    def _list_outputs(self, job: JobMessage) -> Iterator[tuple[str, int]]:
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.settings.output_bucket, Prefix=f"{job.output}/"):
+            for item in page.get("Contents", []):
+                yield item["Key"], item["Size"]
+
+    def _download_inputs(self, job: JobMessage, input_dir: Path, log: logging.LoggerAdapter[Any]) -> None:
+        bucket = self.settings.input_bucket
+        for key in job.inputs:
+            destination = input_dir.joinpath(*PurePosixPath(key).parts)
+            try:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                self.s3.download_file(bucket, key, str(destination))
+            except ClientError as exc:
+                if error_code(exc) in MISSING_OBJECT_CODES:
+                    raise PermanentFailure(f"input s3://{bucket}/{key} does not exist") from None
+                raise TransientFailure(f"could not download s3://{bucket}/{key}: {error_code(exc)}") from None
+            except (BotoCoreError, OSError) as exc:
+                raise TransientFailure(f"could not download s3://{bucket}/{key}: {exc}") from None
+        log.info("downloaded %d input(s)", len(job.inputs))
+
+    def _upload_outputs(
+        self, job: JobMessage, output_dir: Path, output_tail: Sequence[str], log: logging.LoggerAdapter[Any]
+    ) -> None:
+        count = 0
+        for directory, _, files in os.walk(output_dir):
+            for name in sorted(files):
+                path = Path(directory, name)
+                key = output_key(job, path.relative_to(output_dir).as_posix())
+                try:
+                    self.s3.upload_file(str(path), self.settings.output_bucket, key)
+                except (S3UploadFailedError, ClientError, BotoCoreError, OSError) as exc:
+                    raise TransientFailure(f"could not upload {key}: {exc}", 0, output_tail) from None
+                count += 1
+        if count == 0:
+            log.warning("the program wrote no output files")
+        else:
+            log.info("uploaded %d output file(s) to s3://%s/%s/", count, self.settings.output_bucket, job.output)
+
+    def _fail_permanently(
+        self, message: dict[str, Any], job_id: str, attempt: int, reason: str, log: logging.LoggerAdapter[Any]
+    ) -> None:
+        log.error("permanent failure, sending to the dead-letter queue: %s", reason)
+        self._record_attempt(job_id, attempt=attempt, permanent=True, reason=reason)
+        self.sqs.send_message(
+            QueueUrl=self.settings.dead_letter_queue_url,
+            MessageBody=message["Body"],
+            MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:MAX_REASON_CHARS]}},
+        )
+        self._delete(message["ReceiptHandle"])
+
+    def _fail_transiently(
+        self, receipt: str, job_id: str, attempt: int, failure: TransientFailure, log: logging.LoggerAdapter[Any]
+    ) -> None:
+        log.warning("attempt %d failed (%s); retrying in %d s", attempt, failure.reason, self.settings.retry_delay_s)
+        self._record_attempt(
+            job_id,
+            attempt=attempt,
+            permanent=False,
+            reason=failure.reason,
+            exit_code=failure.exit_code,
+            output_tail=failure.output_tail,
+        )
+        self.sqs.change_message_visibility(
+            QueueUrl=self.settings.queue_url, ReceiptHandle=receipt, VisibilityTimeout=self.settings.retry_delay_s
+        )
+
+    def _record_attempt(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        permanent: bool,
+        reason: str,
+        exit_code: int | None = None,
+        output_tail: Sequence[str] = (),
+    ) -> None:
+        record = attempt_record(
+            job_id,
+            attempt=attempt,
+            permanent=permanent,
+            reason=reason,
+            exit_code=exit_code,
+            output_lines=output_tail,
+            worker=self.worker,
+            failed_at=utc_now(),
+        )
+        self._put_record(attempt_key(self.settings.run_id, job_id), record)
+
+    def _put_record(self, key: str, record: dict[str, Any]) -> None:
+        self.s3.put_object(
+            Bucket=self.settings.records_bucket,
+            Key=key,
+            Body=json.dumps(record).encode(),
+            ContentType="application/json",
+        )
+
+    def _has_outcome(self, job: JobMessage) -> bool:
+        listing = self.s3.list_objects_v2(
+            Bucket=self.settings.records_bucket, Prefix=outcome_prefix(job.run_id, job.job_id), MaxKeys=1
+        )
+        return bool(listing.get("Contents"))
+
+    def _release(self, receipt: str, log: logging.LoggerAdapter[Any]) -> None:
+        """Make the message visible again at once, for another worker."""
+        self.sqs.change_message_visibility(QueueUrl=self.settings.queue_url, ReceiptHandle=receipt, VisibilityTimeout=0)
+        log.info("message returned to the queue")
+
+    def _delete(self, receipt: str) -> None:
+        self.sqs.delete_message(QueueUrl=self.settings.queue_url, ReceiptHandle=receipt)

@@ -1,0 +1,96 @@
+"""`python -m worker`: configuration, logging, signals, and the worker loops' threads.
+
+Each loop thread gets its own boto3 clients, all made here in the main thread from one session:
+using a client from several threads is safe, creating clients from a shared session is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+
+import boto3
+import botocore.config
+from botocore.exceptions import BotoCoreError
+
+from worker.core import ConfigError, WorkerSettings, settings_from_env
+from worker.loop import Clients, WorkerLoop
+
+logger = logging.getLogger("worker")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(worker)s run=%(run_id)s job=%(job_id)s] %(message)s"
+
+
+def make_clients(session: boto3.session.Session, settings: WorkerSettings) -> Clients:
+    # The read timeout must outlast a long poll, or every empty poll would look like a failure.
+    config = botocore.config.Config(
+        retries={"mode": "standard", "max_attempts": 5},
+        read_timeout=30 + settings.wait_time_s,
+    )
+    return Clients(sqs=session.client("sqs", config=config), s3=session.client("s3", config=config))
+
+
+class _ContextDefaults(logging.Filter):
+    """Fill the context fields for records that do not come through a loop's adapter (boto, main)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name in ("worker", "run_id", "job_id"):
+            if not hasattr(record, name):
+                setattr(record, name, "-")
+        return True
+
+
+def configure_logging() -> None:
+    """Every line carries the loop, run and job it is about; the environment is never logged."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(_ContextDefaults())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # botocore's INFO lines (e.g. where credentials were found) are noise for a job log.
+    for name in ("boto3", "botocore", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main() -> int:
+    """Run the worker loops until they all finish; 0 when they did, 2 for a bad configuration."""
+    configure_logging()
+    try:
+        settings = settings_from_env(os.environ)
+    except ConfigError as exc:
+        logger.error("invalid configuration: %s", exc)
+        return 2
+    log = logging.LoggerAdapter(logger, {"worker": "main", "run_id": settings.run_id, "job_id": "-"})
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        if settings.work_dir:
+            os.makedirs(settings.work_dir, exist_ok=True)
+        session = boto3.session.Session()
+        loops = [
+            WorkerLoop(index, settings, make_clients(session, settings), stop) for index in range(settings.processes)
+        ]
+    except OSError as exc:
+        log.error("cannot create DISTRIBUTED_WORK_DIR: %s", exc)
+        return 2
+    except BotoCoreError as exc:  # e.g. no region configured
+        log.error("cannot create AWS clients: %s", exc)
+        return 2
+    threads = [threading.Thread(target=loop.run, name=f"worker-loop-{loop.index}") for loop in loops]
+    log.info("starting %d worker loop(s)", len(threads))
+    for thread in threads:
+        thread.start()
+    # Join with a timeout so the main thread keeps running the signal handler promptly.
+    while any(thread.is_alive() for thread in threads):
+        for thread in threads:
+            thread.join(timeout=0.5)
+    log.info("all worker loops finished")
+    return 0

@@ -1,0 +1,166 @@
+"""Running one job's program, and keeping its message invisible while it runs.
+
+Both need a thread beside the worker loop: one pumps the program's output into the log, the other
+extends the message's visibility. They live here so `worker.main` reads as the job's life cycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker.core import OUTPUT_TAIL_LINES
+
+# How long a terminated program gets to exit before it is killed.
+TERMINATE_GRACE_S = 3.0
+# How often a waiting loop looks at the stop event and the job's deadline.
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class ProgramResult:
+    """How a program run ended. `exit_code` is None when the worker had to stop it."""
+
+    exit_code: int | None
+    timed_out: bool
+    interrupted: bool
+    output_tail: tuple[str, ...]
+
+
+def _pump_output(stream: IO[bytes], tail: deque[str], log: logging.LoggerAdapter[Any]) -> None:
+    """Log every line of the program's output and keep the last few for the attempt record."""
+    with stream:
+        for raw in stream:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            tail.append(line)
+            log.info("| %s", line)
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Signal the program's whole process group, so the children it started go too."""
+    with contextlib.suppress(ProcessLookupError):  # it is gone already
+        os.killpg(process.pid, signum)
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=TERMINATE_GRACE_S)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
+def run_program(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    timeout_s: float,
+    stop: threading.Event,
+    log: logging.LoggerAdapter[Any],
+) -> ProgramResult:
+    """Run `argv` (no shell) to completion, until `timeout_s` (0: no limit), or until `stop` is set.
+
+    The program gets its own session: a Ctrl-C at the terminal reaches the worker only, which then
+    terminates the program's whole process group itself. Raises OSError when it cannot start.
+    """
+    process = subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert process.stdout is not None  # stdout=PIPE
+    tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+    pump = threading.Thread(target=_pump_output, args=(process.stdout, tail, log), name="program-output", daemon=True)
+    pump.start()
+    deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+    timed_out = interrupted = False
+    while process.poll() is None:
+        if stop.is_set():
+            interrupted = True
+        elif deadline is not None and time.monotonic() >= deadline:
+            timed_out = True
+        if interrupted or timed_out:
+            _terminate(process)
+            break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=_POLL_S)
+    # A grandchild that left the process group may still hold the pipe open: do not wait forever.
+    pump.join(timeout=TERMINATE_GRACE_S)
+    stopped = timed_out or interrupted
+    return ProgramResult(
+        exit_code=None if stopped else process.returncode,
+        timed_out=timed_out,
+        interrupted=interrupted,
+        output_tail=tuple(tail),
+    )
+
+
+class Heartbeat:
+    """Extends a message's visibility every `interval_s` while the `with` block runs.
+
+    Leaving the block waits for a call in flight, so no late extension can undo the visibility
+    change or deletion that follows.
+    """
+
+    def __init__(
+        self,
+        sqs: Any,
+        *,
+        queue_url: str,
+        receipt_handle: str,
+        visibility_timeout_s: int,
+        interval_s: float,
+        log: logging.LoggerAdapter[Any],
+    ) -> None:
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self._receipt_handle = receipt_handle
+        self._visibility_timeout_s = visibility_timeout_s
+        self._interval_s = interval_s
+        self._log = log
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self._interval_s):
+            try:
+                self._sqs.change_message_visibility(
+                    QueueUrl=self._queue_url,
+                    ReceiptHandle=self._receipt_handle,
+                    VisibilityTimeout=self._visibility_timeout_s,
+                )
+            except ClientError as exc:
+                # The job keeps running: if the message was lost, the outcome record still stops a
+                # second run from counting twice.
+                self._log.warning("could not extend the message's visibility: %s", exc.response["Error"]["Code"])
+            except BotoCoreError as exc:
+                self._log.warning("could not extend the message's visibility: %s", exc)
