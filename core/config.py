@@ -96,7 +96,9 @@ class FleetSettings(_Section):
     machines: int = Field(default=1, ge=1, le=10000, description="Fleet target capacity (CLUSTER_MACHINES).")
     tasks_per_machine: int = Field(default=1, ge=1, le=256, description="Containers per machine (TASKS_PER_MACHINE).")
     machine_types: tuple[str, ...] = Field(
-        default=("m5.xlarge",), min_length=1, description="EC2 instance types, one launch specification each (MACHINE_TYPE)."
+        default=("m5.xlarge",),
+        min_length=1,
+        description="EC2 instance types, one launch specification each (MACHINE_TYPE).",
     )
     max_price_usd_per_hour: float = Field(
         default=0.10, gt=0, description="Highest spot price per machine-hour in USD (MACHINE_PRICE)."
@@ -126,7 +128,9 @@ class CheckIfDoneSettings(_Section):
 class MonitorSettings(_Section):
     """How the flow watches a run."""
 
-    poll_interval_s: float = Field(default=10.0, gt=0, le=600, description="Seconds between two readings of the queues.")
+    poll_interval_s: float = Field(
+        default=10.0, gt=0, le=600, description="Seconds between two readings of the queues."
+    )
     settle_polls: int = Field(
         default=3, ge=1, le=100, description="Consecutive empty readings needed before the batch counts as done."
     )
@@ -143,7 +147,9 @@ class RunConfig(_Section):
     """Everything one batch needs. Loaded by `load_config`; see deployments/demo/config.yaml."""
 
     app_name: str = Field(
-        pattern=NAME_PATTERN, max_length=MAX_APP_NAME, description="Name of the batch; prefixes every resource (APP_NAME)."
+        pattern=NAME_PATTERN,
+        max_length=MAX_APP_NAME,
+        description="Name of the batch; prefixes every resource (APP_NAME).",
     )
     job_file: Path = Field(description="The job file: shared keys plus one job per element of 'groups'.")
     command: str = Field(
@@ -153,7 +159,9 @@ class RunConfig(_Section):
     )
     bucket: str = Field(min_length=3, max_length=63, description="S3 bucket for run records (AWS_BUCKET).")
     input_bucket: str | None = Field(default=None, min_length=3, max_length=63, description="Inputs; default: bucket.")
-    output_bucket: str | None = Field(default=None, min_length=3, max_length=63, description="Outputs; default: bucket.")
+    output_bucket: str | None = Field(
+        default=None, min_length=3, max_length=63, description="Outputs; default: bucket."
+    )
     region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$", description="AWS region (AWS_REGION).")
     aws_credentials: str | None = Field(
         default=None,
@@ -162,7 +170,9 @@ class RunConfig(_Section):
     endpoint_url: str | None = Field(
         default=None, description="Send every AWS call here (a local emulator); default: AWS itself."
     )
-    log_group_name: str | None = Field(default=None, description="CloudWatch log group (LOG_GROUP_NAME); default: app_name.")
+    log_group_name: str | None = Field(
+        default=None, description="CloudWatch log group (LOG_GROUP_NAME); default: app_name."
+    )
     keep_dead_letter_queue: bool = Field(
         default=False,
         description="Keep the dead-letter queue after the run. Dead jobs are always listed in the run summary.",
@@ -183,9 +193,7 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _backend_available(self) -> RunConfig:
         if self.fleet.backend != "local":
-            raise ValueError(
-                f"fleet.backend '{self.fleet.backend}' is not available in this version; use 'local'"
-            )
+            raise ValueError(f"fleet.backend '{self.fleet.backend}' is not available in this version; use 'local'")
         return self
 
     @property

@@ -102,7 +102,10 @@ def _build_job(index: int, shared: dict[str, Any], group: Any, command: str, sou
         raise ConfigError(f"{where}: 'inputs' must be an S3 key or a list of S3 keys")
     output = merged.get("output")
     if not isinstance(output, str) or not output.strip("/"):
-        raise ConfigError(f"{where}: 'output' (the S3 prefix for the job's results) is missing; add it to the group or the shared keys")
+        raise ConfigError(
+            f"{where}: 'output' (the S3 prefix for the job's results) is missing; "
+            "add it to the group or the shared keys"
+        )
     inputs = tuple(_fill(item, fields, f"{where} inputs") for item in raw_inputs)
     job_output = _fill(output, fields, f"{where} output").strip("/")
     missing = _placeholders(command) - set(fields) - set(COMMAND_PLACEHOLDERS)

@@ -96,6 +96,7 @@ class DeadJob(_Model):
     fields: dict[str, Any]
     reason: str
     attempts: int
+    output_tail: str = Field(default="", description="The last lines the program printed on its last attempt.")
 
 
 class CleanupResult(_Model):

@@ -49,9 +49,14 @@ def dead_jobs(s3: BaseClient, resources: RunResources, messages: Iterable[DeadMe
             job_id, fields, failure = f"unreadable-{len(found)}", {"body": message.body[:500]}, None
         if job_id in found:
             continue
-        reason = message.reason or (failure or {}).get("reason") or "moved to the dead-letter queue after its retries"
-        attempts = int((failure or {}).get("attempt") or message.receive_count)
-        found[job_id] = DeadJob(job_id=job_id, fields=fields, reason=reason, attempts=attempts)
+        failure = failure or {}
+        output_tail = str(failure.get("output_tail") or "")
+        reason = message.reason or failure.get("reason") or "moved to the dead-letter queue after its retries"
+        last_line = next((line for line in reversed(output_tail.splitlines()) if line.strip()), "")
+        if last_line and last_line not in reason:
+            reason = f"{reason}: {last_line.strip()}"
+        attempts = int(failure.get("attempt") or message.receive_count)
+        found[job_id] = DeadJob(job_id=job_id, fields=fields, reason=reason, attempts=attempts, output_tail=output_tail)
     return sorted(found.values(), key=lambda dead: dead.job_id)
 
 

@@ -23,11 +23,7 @@ def aws_credentials(config: RunConfig) -> AwsCredentials:
 
 def endpoint_url(config: RunConfig, credentials: AwsCredentials) -> str | None:
     """Where AWS calls go: the config's endpoint, the block's, AWS_ENDPOINT_URL, or AWS itself."""
-    return (
-        config.endpoint_url
-        or credentials.aws_client_parameters.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL")
-    )
+    return config.endpoint_url or credentials.aws_client_parameters.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
 
 
 def aws_clients(config: RunConfig) -> AwsClients:

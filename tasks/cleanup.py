@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-
-from botocore.exceptions import ClientError
 
 from core.aws import sqs
 from core.aws.clients import error_code, is_transient
@@ -32,7 +31,9 @@ def cleanup_run(config: RunConfig, resources: RunResources) -> CleanupResult:
     fleet = backend.handle_for(resources.run_id)
     backend.stop(fleet)
     running = backend.status(fleet).running
-    (left if running else deleted).append(f"fleet {fleet.id}" + (f" ({running} workers still running)" if running else ""))
+    (left if running else deleted).append(
+        f"fleet {fleet.id}" + (f" ({running} workers still running)" if running else "")
+    )
 
     queues = [resources.queue_name]
     if config.keep_dead_letter_queue:
@@ -47,5 +48,11 @@ def cleanup_run(config: RunConfig, resources: RunResources) -> CleanupResult:
             if is_transient(exc):
                 raise  # the task's retry runs the whole, idempotent cleanup again
             left.append(f"queue {name} ({error_code(exc)})")
-    logger.info("Cleanup of run %s: deleted %s; kept %s; left %s", resources.run_id, deleted, kept or "nothing", left or "nothing")
+    logger.info(
+        "Cleanup of run %s: deleted %s; kept %s; left %s",
+        resources.run_id,
+        deleted,
+        kept or "nothing",
+        left or "nothing",
+    )
     return CleanupResult(deleted=deleted, kept=kept, left=left)

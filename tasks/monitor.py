@@ -26,17 +26,20 @@ HEARTBEAT_S = 30.0
 def monitor_run(
     config: RunConfig, resources: RunResources, urls: QueueUrls, fleet: FleetHandle, total: int
 ) -> RunSnapshot:
-    """Poll (two AWS calls and a fleet check per reading, whatever the number of jobs) and keep a progress artifact current.
+    """Poll until every job is accounted for, keeping a progress artifact current.
 
-    Logs when the counts change, and every 30 s otherwise.
+    A reading costs two AWS calls and a fleet check, whatever the number of jobs. Logs when the
+    counts change, and every 30 s otherwise.
     """
     logger = get_run_logger()
     clients = aws_clients(config)
     sqs_client, s3_client = clients.client("sqs"), clients.client("s3")
     backend = fleet_backend(config.fleet.backend, clients)
-    progress = _Progress(logger=logger, total=total, artifact_id=create_progress_artifact(
-        0.0, description=f"Jobs finished of {total} ({config.app_name})"
-    ))
+    progress = _Progress(
+        logger=logger,
+        total=total,
+        artifact_id=create_progress_artifact(0.0, description=f"Jobs finished of {total} ({config.app_name})"),
+    )
 
     def read_snapshot() -> RunSnapshot:
         queue = sqs.queue_counts(sqs_client, urls.queue_url)

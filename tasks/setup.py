@@ -17,7 +17,11 @@ def setup_run(config: RunConfig, resources: RunResources) -> QueueUrls:
     logger = get_run_logger()
     clients = aws_clients(config)
     s3_client, sqs_client = clients.client("s3"), clients.client("sqs")
-    for setting, bucket in (("bucket", config.bucket), ("input_bucket", config.inputs_bucket), ("output_bucket", config.outputs_bucket)):
+    for setting, bucket in (
+        ("bucket", config.bucket),
+        ("input_bucket", config.inputs_bucket),
+        ("output_bucket", config.outputs_bucket),
+    ):
         s3.check_bucket(s3_client, bucket, setting)
     dead_letter_url = sqs.ensure_queue(
         sqs_client,

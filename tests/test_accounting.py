@@ -50,14 +50,27 @@ def test_outcomes_are_counted_by_key_and_a_job_counts_once(s3) -> None:
 
 
 def test_a_dead_job_carries_the_workers_reason_or_its_last_failed_attempt(s3) -> None:
-    put_json(s3, "records", "runs/run-1/attempts/b.json", {"job_id": "b", "attempt": 2, "reason": "exit status 2: bad row"})
-    found = dead_jobs(s3, RESOURCES, [dead("a", reason="input missing", receive_count=1), dead("b"), dead("c"), dead("b")])
+    put_json(
+        s3,
+        "records",
+        "runs/run-1/attempts/b.json",
+        {
+            "job_id": "b",
+            "attempt": 2,
+            "reason": "exit status 2",
+            "output_tail": "reading\nrow 7: 'n/a' is not a number\n",
+        },
+    )
+    found = dead_jobs(
+        s3, RESOURCES, [dead("a", reason="input missing", receive_count=1), dead("b"), dead("c"), dead("b")]
+    )
     assert [(d.job_id, d.reason, d.attempts) for d in found] == [
         ("a", "input missing", 1),
-        ("b", "exit status 2: bad row", 2),
+        ("b", "exit status 2: row 7: 'n/a' is not a number", 2),
         ("c", "moved to the dead-letter queue after its retries", 3),
     ]
     assert found[0].fields == {"id": "a"}
+    assert found[1].output_tail.splitlines() == ["reading", "row 7: 'n/a' is not a number"]
 
 
 def test_the_summary_accounts_for_every_job_exactly_once(s3) -> None:

@@ -98,7 +98,7 @@ def test_a_batch_runs_to_completion_and_leaves_nothing_behind(aws: str, tmp_path
     assert summary.unfinished == [] and summary.error is None
     (dead,) = summary.failed
     assert dead.fields == {"well": BROKEN_WELL}
-    assert "3" in dead.reason and dead.attempts == 2
+    assert "exit status 3" in dead.reason and "corrupt value" in dead.reason and dead.attempts == 2
     assert summary.resources_left == []
     assert queues_left() == []
 
@@ -125,7 +125,9 @@ def test_the_summary_and_dead_jobs_are_artifacts_of_the_run(aws: str, tmp_path: 
         )
     by_key = {artifact.key: artifact for artifact in artifacts if artifact.key}
     assert "| succeeded | 5 |" in by_key["run-summary"].data
-    (row,) = json.loads(by_key["dead-jobs"].data) if isinstance(by_key["dead-jobs"].data, str) else by_key["dead-jobs"].data
+    (row,) = (
+        json.loads(by_key["dead-jobs"].data) if isinstance(by_key["dead-jobs"].data, str) else by_key["dead-jobs"].data
+    )
     assert row["job_id"] == summary.failed[0].job_id
     progress = [a for a in artifacts if a.type == "progress"]
     assert progress and progress[0].data == pytest.approx(100.0)
@@ -143,16 +145,17 @@ def test_a_second_run_skips_every_job_already_done(aws: str, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"queue": {"visiblity_timeout_s": 5}}, "queue.visiblity_timeout_s: unknown setting; did you mean 'visibility_timeout_s'?"),
+        (
+            {"queue": {"visiblity_timeout_s": 5}},
+            "queue.visiblity_timeout_s: unknown setting; did you mean 'visibility_timeout_s'?",
+        ),
         ({"queue": {"job_retries": "many"}}, "queue.job_retries: Input should be a valid integer"),
         ({"job_file": "nowhere.json"}, "nowhere.json does not exist"),
         ({"job_file": "no-groups.json"}, "needs a non-empty 'groups' list"),
         ({"bucket": "no-such-bucket"}, "bucket: bucket 'no-such-bucket' does not exist"),
     ],
 )
-def test_bad_input_is_refused_before_any_resource_exists(
-    aws: str, tmp_path: Path, change: dict, message: str
-) -> None:
+def test_bad_input_is_refused_before_any_resource_exists(aws: str, tmp_path: Path, change: dict, message: str) -> None:
     (tmp_path / "no-groups.json").write_text(json.dumps({"output": "o", "jobs": []}))
     with pytest.raises(ConfigError) as error:
         run_flow(str(write_batch(tmp_path, **change)))

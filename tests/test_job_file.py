@@ -27,7 +27,10 @@ def test_shared_keys_merge_into_every_group_and_comments_are_dropped(tmp_path: P
             "pipeline": "analysis.cppipe",
             "inputs": ["in/{plate}/{well}.csv"],
             "output": "out/{plate}/{well}/",
-            "groups": [{"plate": "P1", "well": "A01", "note_comment": "x"}, {"plate": "P1", "well": "A02", "pipeline": "other"}],
+            "groups": [
+                {"plate": "P1", "well": "A01", "note_comment": "x"},
+                {"plate": "P1", "well": "A02", "pipeline": "other"},
+            ],
         },
     )
     first, second = load_jobs(path, COMMAND)

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.usefixtures("aws_mock")
 
 def make_queues(client, visibility: int = 30, retries: int = 2) -> tuple[str, str]:
     dead = sqs.ensure_queue(client, "jobs-dead", {"MessageRetentionPeriod": str(sqs.RETENTION_S)}, {"app": "t"})
-    url = sqs.ensure_queue(client, "jobs", sqs.job_queue_attributes(sqs.queue_arn(client, dead), visibility, retries), {"app": "t"})
+    url = sqs.ensure_queue(
+        client, "jobs", sqs.job_queue_attributes(sqs.queue_arn(client, dead), visibility, retries), {"app": "t"}
+    )
     return url, dead
 
 
@@ -83,7 +85,10 @@ def test_dead_messages_are_read_with_their_reason_and_left_in_place() -> None:
     )
     client.send_message(QueueUrl=dead, MessageBody='{"job_id": "j2"}')
     messages = sqs.read_dead_messages(client, dead)
-    assert sorted((m.body, m.reason) for m in messages) == [('{"job_id": "j1"}', "input missing"), ('{"job_id": "j2"}', None)]
+    assert sorted((m.body, m.reason) for m in messages) == [
+        ('{"job_id": "j1"}', "input missing"),
+        ('{"job_id": "j2"}', None),
+    ]
     counts = sqs.queue_counts(client, dead)
     assert counts.total == 2
 

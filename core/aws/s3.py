@@ -24,7 +24,9 @@ def check_bucket(s3: BaseClient, bucket: str, setting: str) -> None:
         if code in MISSING_BUCKET_CODES:
             raise ConfigError(f"{setting}: bucket '{bucket}' does not exist; create it or fix the name") from None
         if code in {"403", "AccessDenied"}:
-            raise ConfigError(f"{setting}: no access to bucket '{bucket}'; check the credentials' S3 permissions") from None
+            raise ConfigError(
+                f"{setting}: no access to bucket '{bucket}'; check the credentials' S3 permissions"
+            ) from None
         raise
 
 

@@ -105,11 +105,15 @@ def send_messages(sqs: BaseClient, url: str, bodies: Iterable[str]) -> int:
             failed = response.get("Failed", [])
             sender_faults = [f for f in failed if f.get("SenderFault")]
             if sender_faults:
-                raise AwsOperationError(f"SQS rejected a job message: {sender_faults[0].get('Message', sender_faults[0])}")
+                raise AwsOperationError(
+                    f"SQS rejected a job message: {sender_faults[0].get('Message', sender_faults[0])}"
+                )
             if not pending:
                 break
         else:
-            raise AwsOperationError(f"SQS failed to accept {len(pending)} job message(s) after {SEND_ATTEMPTS} attempts")
+            raise AwsOperationError(
+                f"SQS failed to accept {len(pending)} job message(s) after {SEND_ATTEMPTS} attempts"
+            )
     return sent
 
 

@@ -6,6 +6,7 @@ folder per run (like dsub's local provider), so status and stop work from any pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -49,10 +50,8 @@ def _is_running(pid: int) -> bool:
 
 
 def _signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it exited on its own meanwhile
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass  # it exited on its own meanwhile
 
 
 class LocalFleet:

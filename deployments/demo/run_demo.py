@@ -29,8 +29,14 @@ def well_csv(plate: str, well: str) -> bytes:
     writer.writerow(["cell_id", "area", "intensity", "eccentricity"])
     for cell in range(rng.randint(150, 250)):
         area = round(rng.gauss(300, 40), 2)
-        writer.writerow([cell, "n/a" if (plate, well) == CORRUPT_WELL and cell == 17 else area,
-                         round(rng.gauss(0.5, 0.1), 4), round(rng.uniform(0, 1), 4)])
+        writer.writerow(
+            [
+                cell,
+                "n/a" if (plate, well) == CORRUPT_WELL and cell == 17 else area,
+                round(rng.gauss(0.5, 0.1), 4),
+                round(rng.uniform(0, 1), 4),
+            ]
+        )
     return out.getvalue().encode()
 
 

@@ -44,9 +44,15 @@ def main() -> int:
                     try:
                         columns.setdefault(name, []).append(float(value))
                     except ValueError:
-                        print(f"{path.name} row {row_number}, column '{name}': {value!r} is not a number", file=sys.stderr)
+                        print(
+                            f"{path.name} row {row_number}, column '{name}': {value!r} is not a number", file=sys.stderr
+                        )
                         return 2
-    result = {"label": args.label, "files": [p.name for p in files], "columns": {n: column_stats(v) for n, v in columns.items()}}
+    result = {
+        "label": args.label,
+        "files": [p.name for p in files],
+        "columns": {n: column_stats(v) for n, v in columns.items()},
+    }
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "stats.json").write_text(json.dumps(result, indent=1))
     cells = len(next(iter(columns.values()), []))
