@@ -133,8 +133,26 @@ def iter_jobs(path: Path, command: str) -> Iterator[Job]:
         yield _build_job(index, shared, group, command, source)
 
 
-def load_jobs(path: Path, command: str) -> list[Job]:
-    """Read and fully validate a job file: fields, templates, duplicates and message size.
+class JobFileCheck(BaseModel):
+    """A job file that passed validation: how many jobs, and a fingerprint of its bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path
+    count: int
+    sha256: str = Field(description="Lets later steps re-read the file and know it did not change.")
+
+
+def fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_jobs(path: Path, command: str) -> JobFileCheck:
+    """Validate a whole job file: fields, templates, duplicates and message size. Raises ConfigError.
 
     The size is checked against a message for a run id of maximal length, so nothing sent later
     can be rejected by SQS.
@@ -143,7 +161,6 @@ def load_jobs(path: Path, command: str) -> list[Job]:
         shlex.split(command)
     except ValueError as exc:
         raise ConfigError(f"config.command is not a valid command line: {exc}") from None
-    jobs: list[Job] = []
     seen: dict[str, int] = {}
     for job in iter_jobs(path, command):
         if job.job_id in seen:
@@ -155,5 +172,11 @@ def load_jobs(path: Path, command: str) -> list[Job]:
                 f"{path}: groups[{job.index}] makes a {size:,}-byte message; SQS takes at most "
                 f"{MAX_MESSAGE_BYTES:,} bytes. Move large values to S3 and pass their keys."
             )
-        jobs.append(job)
-    return jobs
+    return JobFileCheck(path=path, count=len(seen), sha256=fingerprint(path))
+
+
+def reread_jobs(checked: JobFileCheck, command: str) -> Iterator[Job]:
+    """The jobs of a checked file, again; raises ConfigError if the file changed since the check."""
+    if fingerprint(checked.path) != checked.sha256:
+        raise ConfigError(f"job file {checked.path} changed after it was validated; start the run again")
+    return iter_jobs(checked.path, command)

@@ -15,7 +15,6 @@ from botocore.client import BaseClient
 
 from core.aws.s3 import get_json, list_keys, put_json
 from core.aws.sqs import DeadMessage
-from core.jobs import Job
 from core.models import DeadJob, RunResources, RunSummary
 
 OUTCOME_STATUSES = ("succeeded", "skipped")
@@ -63,7 +62,7 @@ def dead_jobs(s3: BaseClient, resources: RunResources, messages: Iterable[DeadMe
 def build_summary(
     *,
     resources: RunResources,
-    jobs: list[Job],
+    job_ids: Iterable[str],
     outcomes: dict[str, str],
     dead: list[DeadJob],
     duration_s: float,
@@ -74,17 +73,25 @@ def build_summary(
     A job with an outcome counts by its outcome even if a duplicate copy also died; jobs with
     neither an outcome nor a dead copy are listed as unfinished.
     """
-    job_ids = {job.job_id for job in jobs}
-    done = {job_id: status for job_id, status in outcomes.items() if job_id in job_ids}
-    failed = [job for job in dead if job.job_id not in done]
-    failed_ids = {job.job_id for job in failed}
-    unfinished = sorted(job.job_id for job in jobs if job.job_id not in done and job.job_id not in failed_ids)
+    dead_by_id = {job.job_id: job for job in dead}
+    done: dict[str, str] = {}
+    failed = []
+    unfinished = []
+    total = 0
+    for job_id in job_ids:
+        total += 1
+        if job_id in outcomes:
+            done[job_id] = outcomes[job_id]
+        elif job_id in dead_by_id:
+            failed.append(dead_by_id[job_id])
+        else:
+            unfinished.append(job_id)
     return RunSummary(
-        total=len(jobs),
+        total=total,
         succeeded=sum(1 for status in done.values() if status == "succeeded"),
         skipped=sum(1 for status in done.values() if status == "skipped"),
         failed=failed,
-        unfinished=unfinished,
+        unfinished=sorted(unfinished),
         duration_s=round(duration_s, 1),
         resources_left=[],
         run_id=resources.run_id,

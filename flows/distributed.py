@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 
 from core.config import RunConfig
 from core.errors import DistributedError
-from core.jobs import Job
+from core.jobs import JobFileCheck
 from core.models import QueueUrls, RunResources, RunSummary
 from tasks.cleanup import cleanup_run
 from tasks.enqueue import enqueue_jobs
@@ -47,7 +47,7 @@ def distributed(config: str | dict[str, Any]) -> RunSummary:
         urls = setup_run(run_config, resources)
         enqueue_jobs(run_config, resources, urls, jobs)
         fleet = start_fleet(run_config, resources, urls)
-        monitor_run(run_config, resources, urls, fleet, len(jobs))
+        monitor_run(run_config, resources, urls, fleet, jobs.count)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         raise
@@ -59,7 +59,7 @@ def distributed(config: str | dict[str, Any]) -> RunSummary:
 
 
 def _finish(
-    config: RunConfig, resources: RunResources, jobs: list[Job], started: float, error: str | None, setup_done: bool
+    config: RunConfig, resources: RunResources, jobs: JobFileCheck, started: float, error: str | None, setup_done: bool
 ) -> RunSummary | None:
     """Summarize (when setup got far enough to have records), clean up, publish.
 

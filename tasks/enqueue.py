@@ -7,13 +7,15 @@ from prefect.cache_policies import NO_CACHE
 
 from core.aws import s3, sqs
 from core.config import RunConfig
-from core.jobs import Job, JobMessage
+from core.jobs import JobFileCheck, JobMessage, reread_jobs
 from core.models import EnqueueResult, QueueUrls, RunResources
 from tasks._aws import AWS_RETRIES, aws_clients
 
 
 @task(name="enqueue", cache_policy=NO_CACHE, **AWS_RETRIES)
-def enqueue_jobs(config: RunConfig, resources: RunResources, urls: QueueUrls, jobs: list[Job]) -> EnqueueResult:
+def enqueue_jobs(
+    config: RunConfig, resources: RunResources, urls: QueueUrls, jobs: JobFileCheck
+) -> EnqueueResult:
     """Send the jobs once per run: a marker in the run's records stops a retry from sending twice.
 
     A retry after a partial send sends the batch again; workers skip a job that already has an
@@ -25,9 +27,10 @@ def enqueue_jobs(config: RunConfig, resources: RunResources, urls: QueueUrls, jo
     marker = f"{resources.records_prefix}/enqueued.json"
     if s3.get_json(s3_client, resources.records_bucket, marker) is not None:
         logger.info("Jobs of run %s were already enqueued; not sending them again", resources.run_id)
-        return EnqueueResult(sent=0, total=len(jobs))
-    bodies = (JobMessage.for_job(job, resources.run_id).body() for job in jobs)
+        return EnqueueResult(sent=0, total=jobs.count)
+    # Streamed from the file: a million jobs never sit in memory at once.
+    bodies = (JobMessage.for_job(job, resources.run_id).body() for job in reread_jobs(jobs, config.command))
     sent = sqs.send_messages(clients.client("sqs"), urls.queue_url, bodies)
     s3.put_json(s3_client, resources.records_bucket, marker, {"jobs": sent})
     logger.info("Enqueued %d jobs into %s", sent, resources.queue_name)
-    return EnqueueResult(sent=sent, total=len(jobs))
+    return EnqueueResult(sent=sent, total=jobs.count)

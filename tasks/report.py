@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.aws import sqs
 from core.config import RunConfig
-from core.jobs import Job
+from core.jobs import JobFileCheck, reread_jobs
 from core.models import CleanupResult, RunResources, RunSummary
 from core.records import build_summary, dead_jobs, read_outcomes, save_summary
 from tasks._aws import AWS_RETRIES, aws_clients
@@ -18,7 +18,7 @@ from tasks._aws import AWS_RETRIES, aws_clients
 
 @task(name="summarize", cache_policy=NO_CACHE, **AWS_RETRIES)
 def summarize_run(
-    config: RunConfig, resources: RunResources, jobs: list[Job], duration_s: float, error: str | None
+    config: RunConfig, resources: RunResources, jobs: JobFileCheck, duration_s: float, error: str | None
 ) -> RunSummary:
     """Read outcomes and the dead-letter queue; must run before cleanup deletes that queue."""
     clients = aws_clients(config)
@@ -27,7 +27,7 @@ def summarize_run(
     messages = sqs.read_dead_messages(sqs_client, dead_letter_url) if dead_letter_url else []
     return build_summary(
         resources=resources,
-        jobs=jobs,
+        job_ids=(job.job_id for job in reread_jobs(jobs, config.command)),
         outcomes=read_outcomes(s3_client, resources),
         dead=dead_jobs(s3_client, resources, messages),
         duration_s=duration_s,

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from blocks.config import DistributedConfig
 from core.config import RunConfig, load_config_file, parse_config
 from core.errors import ConfigError
-from core.jobs import Job, load_jobs
+from core.jobs import JobFileCheck, check_jobs
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -21,7 +21,7 @@ class ValidatedRun(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     config: RunConfig
-    jobs: list[Job]
+    jobs: JobFileCheck
 
 
 def resolve_config(value: str | dict[str, Any]) -> RunConfig:
@@ -50,6 +50,6 @@ def resolve_config(value: str | dict[str, Any]) -> RunConfig:
 def validate_run(config: str | dict[str, Any]) -> ValidatedRun:
     logger = get_run_logger()
     run_config = resolve_config(config)
-    jobs = load_jobs(run_config.job_file, run_config.command)
-    logger.info("Config %s: %d jobs in %s, all valid", run_config.app_name, len(jobs), run_config.job_file)
+    jobs = check_jobs(run_config.job_file, run_config.command)
+    logger.info("Config %s: %d jobs in %s, all valid", run_config.app_name, jobs.count, run_config.job_file)
     return ValidatedRun(config=run_config, jobs=jobs)

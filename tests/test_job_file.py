@@ -8,9 +8,14 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from core.jobs import MAX_MESSAGE_BYTES, JobMessage, load_jobs
+from core.jobs import MAX_MESSAGE_BYTES, JobMessage, check_jobs, iter_jobs, reread_jobs
 
 COMMAND = "tool --in {input_dir} --out {output_dir} --well {well}"
+
+
+def load_jobs(path: Path, command: str) -> list:
+    check_jobs(path, command)
+    return list(iter_jobs(path, command))
 
 
 def write(tmp_path: Path, document: object, name: str = "jobs.json") -> Path:
@@ -108,3 +113,13 @@ def test_the_message_body_round_trips_the_job(tmp_path: Path) -> None:
 def test_an_invalid_command_line_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config.command is not a valid command line"):
         load_jobs(write(tmp_path, {"output": "o/{w}", "groups": [{"w": 1}]}), "run 'unclosed")
+
+
+def test_a_checked_file_is_read_again_only_while_unchanged(tmp_path: Path) -> None:
+    path = write(tmp_path, {"output": "o/{w}", "groups": [{"w": 1}, {"w": 2}]})
+    checked = check_jobs(path, "run")
+    assert checked.count == 2
+    assert [job.output for job in reread_jobs(checked, "run")] == ["o/1", "o/2"]
+    write(tmp_path, {"output": "o/{w}", "groups": [{"w": 1}, {"w": 3}]})
+    with pytest.raises(ConfigError, match="changed after it was validated"):
+        reread_jobs(checked, "run")
