@@ -6,16 +6,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.aws import s3, sqs
+from core.batch import Batch
 from core.config import RunConfig
-from core.jobs import JobFileCheck, JobMessage, reread_jobs
+from core.jobs import JobMessage
 from core.models import EnqueueResult, QueueUrls, RunResources
 from tasks._aws import AWS_RETRIES, aws_clients
 
 
 @task(name="enqueue", cache_policy=NO_CACHE, **AWS_RETRIES)
-def enqueue_jobs(
-    config: RunConfig, resources: RunResources, urls: QueueUrls, jobs: JobFileCheck
-) -> EnqueueResult:
+def enqueue_jobs(config: RunConfig, resources: RunResources, urls: QueueUrls, batch: Batch) -> EnqueueResult:
     """Send the jobs once per run: a marker in the run's records stops a retry from sending twice.
 
     A retry after a partial send sends the batch again; workers skip a job that already has an
@@ -27,10 +26,10 @@ def enqueue_jobs(
     marker = f"{resources.records_prefix}/enqueued.json"
     if s3.get_json(s3_client, resources.records_bucket, marker) is not None:
         logger.info("Jobs of run %s were already enqueued; not sending them again", resources.run_id)
-        return EnqueueResult(sent=0, total=jobs.count)
+        return EnqueueResult(sent=0, total=batch.count)
     # Streamed from the file: a million jobs never sit in memory at once.
-    bodies = (JobMessage.for_job(job, resources.run_id).body() for job in reread_jobs(jobs, config.command))
+    bodies = (JobMessage.for_job(job, resources.run_id).body() for job in batch.jobs(config.command))
     sent = sqs.send_messages(clients.client("sqs"), urls.queue_url, bodies)
     s3.put_json(s3_client, resources.records_bucket, marker, {"jobs": sent})
     logger.info("Enqueued %d jobs into %s", sent, resources.queue_name)
-    return EnqueueResult(sent=sent, total=jobs.count)
+    return EnqueueResult(sent=sent, total=batch.count)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from core.aws import sqs
+from core.batch import Batch
 from core.config import RunConfig
-from core.jobs import JobFileCheck, reread_jobs
 from core.models import CleanupResult, RunResources, RunSummary
 from core.records import build_summary, dead_jobs, read_outcomes, save_summary
 from tasks._aws import AWS_RETRIES, aws_clients
@@ -18,7 +19,7 @@ from tasks._aws import AWS_RETRIES, aws_clients
 
 @task(name="summarize", cache_policy=NO_CACHE, **AWS_RETRIES)
 def summarize_run(
-    config: RunConfig, resources: RunResources, jobs: JobFileCheck, duration_s: float, error: str | None
+    config: RunConfig, resources: RunResources, batch: Batch, duration_s: float, error: str | None
 ) -> RunSummary:
     """Read outcomes and the dead-letter queue; must run before cleanup deletes that queue."""
     clients = aws_clients(config)
@@ -27,7 +28,7 @@ def summarize_run(
     messages = sqs.read_dead_messages(sqs_client, dead_letter_url) if dead_letter_url else []
     return build_summary(
         resources=resources,
-        job_ids=(job.job_id for job in reread_jobs(jobs, config.command)),
+        job_ids=(job.job_id for job in batch.jobs(config.command)),
         outcomes=read_outcomes(s3_client, resources),
         dead=dead_jobs(s3_client, resources, messages),
         duration_s=duration_s,
@@ -35,9 +36,34 @@ def summarize_run(
     )
 
 
-def _markdown(summary: RunSummary) -> str:
+def _console_links(config: RunConfig, resources: RunResources) -> list[str]:
+    """Links to the run's resources in the AWS console (none on an emulator)."""
+    region = config.region
+    home = f"https://{region}.console.aws.amazon.com"
+    log_group = quote(config.log_group_name or config.app_name, safe="")
+    return [
+        f"- Queues: [{resources.queue_name}]({home}/sqs/v3/home?region={region}#/queues), "
+        f"dead-letter queue `{resources.dead_letter_queue_name}`",
+        f"- Logs: [{config.log_group_name or config.app_name}]({home}/cloudwatch/home?region={region}"
+        f"#logsV2:log-groups/log-group/{log_group})",
+        f"- Records: [s3://{resources.records_bucket}/{resources.records_prefix}/]({home}/s3/buckets/"
+        f"{resources.records_bucket}?region={region}&prefix={quote(resources.records_prefix, safe='')}/)",
+    ]
+
+
+def _markdown(summary: RunSummary, config: RunConfig, resources: RunResources, on_aws: bool) -> str:
+    where = (
+        _console_links(config, resources)
+        if on_aws
+        else [
+            f"- Queues: `{resources.queue_name}`, dead-letter queue `{resources.dead_letter_queue_name}`",
+            f"- Fleet: `{config.fleet.backend}`; records in `{summary.records_uri}`",
+        ]
+    )
     lines = [
         f"# Run {summary.app_name}",
+        "",
+        *where,
         "",
         "| | jobs |",
         "|---|---|",
@@ -65,8 +91,10 @@ def publish_summary(
     """Add cleanup's result, save the summary next to the run's records, and show it in the UI."""
     logger = get_run_logger()
     summary = summary.model_copy(update={"resources_left": cleanup.left, "resources_kept": cleanup.kept})
-    save_summary(aws_clients(config).client("s3"), resources, summary)
-    create_markdown_artifact(_markdown(summary), key="run-summary", description=f"Summary of run {summary.run_id}")
+    clients = aws_clients(config)
+    save_summary(clients.client("s3"), resources, summary)
+    markdown = _markdown(summary, config, resources, on_aws=clients.endpoint_url is None)
+    create_markdown_artifact(markdown, key="run-summary", description=f"Summary of run {summary.run_id}")
     if summary.failed:
         create_table_artifact(
             [

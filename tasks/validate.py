@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,22 @@ class ValidatedRun(BaseModel):
     jobs: JobFileCheck
 
 
-def resolve_config(value: str | dict[str, Any]) -> RunConfig:
+# What `prefect deployment run -p config=...` may hand over: it parses each value as JSON first.
+ConfigParameter = str | dict[str, Any] | int | float | bool | None
+
+
+def resolve_config(value: ConfigParameter) -> RunConfig:
     """A config from a YAML path, a saved 'Distributed Config' block name, or an inline mapping."""
     if isinstance(value, dict):
         return parse_config(value, source="the config parameter")
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
+        text = json.dumps(value)
         raise ConfigError(
-            f"config must be a YAML file path, a saved block name or a mapping, got {value!r}; "
-            "quote a path that looks like a number: -p 'config=\"123\"'"
+            f"config was read as the {type(value).__name__} {text}: `-p config=VALUE` parses VALUE as JSON. "
+            f'Quote it as a JSON string: -p \'config="{text}"\' (or --params \'{{"config": "{text}"}}\')'
         )
+    if not value.strip():
+        raise ConfigError("config is empty; give a YAML file path, a saved block name or a mapping of settings")
     path = Path(value).expanduser()
     if path.is_file() or path.suffix.lower() in CONFIG_SUFFIXES:
         return load_config_file(path)
@@ -47,7 +55,7 @@ def resolve_config(value: str | dict[str, Any]) -> RunConfig:
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate_run(config: str | dict[str, Any]) -> ValidatedRun:
+def validate_run(config: ConfigParameter) -> ValidatedRun:
     logger = get_run_logger()
     run_config = resolve_config(config)
     jobs = check_jobs(run_config.job_file, run_config.command)

@@ -30,8 +30,18 @@ def test_an_unknown_name_says_it_is_neither_a_file_nor_a_block() -> None:
 
 @pytest.mark.parametrize("value", ["", "   "])
 def test_an_empty_config_parameter_is_refused(value: str) -> None:
-    with pytest.raises(ConfigError, match="config must be a YAML file path, a saved block name or a mapping"):
+    with pytest.raises(ConfigError, match="config is empty; give a YAML file path"):
         resolve_config(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(123, "int 123"), (1.5, "float 1.5"), (True, "bool true"), (None, "NoneType null")]
+)
+def test_a_value_the_cli_read_as_json_says_how_to_quote_it(value: object, shown: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        resolve_config(value)  # type: ignore[arg-type]
+    assert f"config was read as the {shown}" in str(error.value)
+    assert "Quote it as a JSON string: -p 'config=\"" in str(error.value)
 
 
 def test_block_types_register_from_the_module() -> None:
