@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test install clean
+.PHONY: demo test serve install clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 ## Run the demo batch (100 jobs) end to end on a local AWS emulator; the last line is the RunSummary.
 demo: $(STAMP)
 	$(PY) deployments/demo/run_demo.py
+
+## Start a Prefect server, a worker and the AWS emulator, with the deployments registered (Ctrl-C stops).
+serve: $(STAMP)
+	$(PY) deployments/local_stack.py
 
 ## Run the test suite.
 test: $(STAMP)

@@ -2,89 +2,77 @@
 
 Starts a moto server on a free loopback port, uploads the demo's inputs (100 wells of per-cell
 measurements, one of them corrupt on purpose), runs the `distributed` flow on config.yaml with a
-local fleet, prints the RunSummary as one JSON line last, and stops everything it started.
+local fleet, and stops everything it started. The RunSummary is printed as one JSON line, last.
 Exit status 0 when every job is accounted for and nothing was left behind.
+
+The batch runs in a child process: Prefect's temporary API server logs its shutdown when that
+process exits, and the summary must still be the very last line.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-import random
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-CORRUPT_WELL = ("P2", "A04")
+SUMMARY_FILE = "DISTRIBUTED_DEMO_SUMMARY_FILE"
+
+DEMO_ENVIRONMENT = {
+    # The emulator accepts any credentials; these keep the demo away from a real account.
+    "AWS_ACCESS_KEY_ID": "demo",
+    "AWS_SECRET_ACCESS_KEY": "demo",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
 
 
-def well_csv(plate: str, well: str) -> bytes:
-    """Per-cell measurements of one well: deterministic, so every demo run sees the same data."""
-    rng = random.Random(f"{plate}-{well}")
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["cell_id", "area", "intensity", "eccentricity"])
-    for cell in range(rng.randint(150, 250)):
-        area = round(rng.gauss(300, 40), 2)
-        writer.writerow(
-            [
-                cell,
-                "n/a" if (plate, well) == CORRUPT_WELL and cell == 17 else area,
-                round(rng.gauss(0.5, 0.1), 4),
-                round(rng.uniform(0, 1), 4),
-            ]
-        )
-    return out.getvalue().encode()
-
-
-def upload_inputs(bucket: str) -> int:
-    import boto3
-
-    jobs = json.loads((HERE / "jobs.json").read_text())
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=bucket)
-    for group in jobs["groups"]:
-        key = jobs["inputs"][0].format(**group)
-        s3.put_object(Bucket=bucket, Key=key, Body=well_csv(group["plate"], group["well"]))
-    return len(jobs["groups"])
-
-
-def main() -> int:
+def run_batch(summary_file: Path) -> None:
+    """The child: emulator, inputs, flow; writes the RunSummary to `summary_file`."""
     sys.path.insert(0, str(REPO))
-    os.environ.update(
-        {
-            # The emulator accepts any credentials; these keep the demo away from a real account.
-            "AWS_ACCESS_KEY_ID": "demo",
-            "AWS_SECRET_ACCESS_KEY": "demo",
-            "AWS_REGION": "us-east-1",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "DO_NOT_TRACK": "1",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-    )
-    os.environ.pop("AWS_PROFILE", None)
-    os.environ.pop("AWS_SESSION_TOKEN", None)
     from core import emulator
     from core.config import load_config_file
+    from deployments.demo.data import CONFIG, upload_inputs
 
-    config_path = HERE / "config.yaml"
-    config = load_config_file(config_path)
+    config = load_config_file(CONFIG)
     state = REPO / ".demo"
     state.mkdir(exist_ok=True)
     with emulator.moto_server(log_path=state / "emulator.log") as endpoint:
         os.environ["AWS_ENDPOINT_URL"] = endpoint
-        print(f"AWS emulator at {endpoint}; uploading inputs", flush=True)
-        print(f"Uploaded {upload_inputs(config.bucket)} input files to s3://{config.bucket}/", flush=True)
+        print(f"AWS emulator at {endpoint}", flush=True)
+        print(f"Uploaded {upload_inputs(config.bucket, endpoint)} input files to s3://{config.bucket}/", flush=True)
         from flows.distributed import distributed
 
-        summary = distributed(config=str(config_path))
-    print(json.dumps(summary.model_dump(mode="json")))
-    ok = summary.accounted == summary.total and not summary.resources_left and not summary.unfinished
+        summary = distributed(config=str(CONFIG))
+    summary_file.write_text(summary.model_dump_json())
+
+
+def main() -> int:
+    environment = {k: v for k, v in os.environ.items() if k not in {"AWS_PROFILE", "AWS_SESSION_TOKEN"}}
+    environment.update(DEMO_ENVIRONMENT)
+    with tempfile.TemporaryDirectory() as scratch:
+        summary_file = Path(scratch) / "summary.json"
+        child = subprocess.run(
+            [sys.executable, __file__], env={**environment, SUMMARY_FILE: str(summary_file)}, check=False
+        )
+        if child.returncode != 0 or not summary_file.exists():
+            print(f"The demo batch failed (exit status {child.returncode}); see the log above.", file=sys.stderr)
+            return 1
+        summary = json.loads(summary_file.read_text())
+    print(json.dumps(summary), flush=True)
+    accounted = summary["succeeded"] + summary["skipped"] + len(summary["failed"]) + len(summary["unfinished"])
+    ok = accounted == summary["total"] and not summary["resources_left"] and not summary["unfinished"]
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if SUMMARY_FILE in os.environ:
+        run_batch(Path(os.environ[SUMMARY_FILE]))
+    else:
+        sys.exit(main())

@@ -1,0 +1,33 @@
+"""Example: call `distributed` from your own flow, as a subflow, and use its RunSummary.
+
+    python deployments/examples/batch_as_subflow.py deployments/demo/config.yaml
+
+The batch runs in this process, as a child flow run of `plate_pipeline`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from core.models import RunSummary  # noqa: E402
+from flows.distributed import distributed  # noqa: E402
+
+
+@flow(name="plate-pipeline")
+def plate_pipeline(config: str) -> RunSummary:
+    """Process a batch, then decide what to do next from its summary."""
+    logger = get_run_logger()
+    summary = distributed(config=config)
+    if summary.failed:
+        logger.warning("%d jobs failed; rerun them later with rerun_failed_from=%s", len(summary.failed), summary.run_id)
+    logger.info("%d of %d wells processed; next step can start", summary.succeeded + summary.skipped, summary.total)
+    return summary
+
+
+if __name__ == "__main__":
+    print(plate_pipeline(config=sys.argv[1]).model_dump_json())

@@ -1,0 +1,138 @@
+"""`make serve`: the whole system on this machine, run the way Prefect users run deployments.
+
+Starts an AWS emulator (with the demo's inputs uploaded), a Prefect server (SQLite, loopback),
+the `distributed` work pool, the deployments of prefect.yaml, and a Prefect worker whose flow
+runs talk to the emulator. Then, in a second terminal:
+
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    prefect deployment run distributed/run -p config=deployments/demo/config.yaml --watch
+
+Ctrl-C stops everything, worker first (a worker whose server is gone hangs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from core import emulator  # noqa: E402
+from deployments.demo.data import CONFIG, upload_inputs  # noqa: E402
+
+PREFECT = str(Path(sys.executable).parent / "prefect")
+WORK_POOL = "distributed"
+SERVER_STARTUP_S = 90.0
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    api_url: str
+    aws_endpoint: str
+    environment: dict[str, str]  # what a client of this stack needs (PREFECT_API_URL, AWS_*)
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server did not come up at {url}; see its log") from None
+            time.sleep(0.25)
+
+
+def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def local_stack(home: Path, port: int = 4200) -> Iterator[LocalStack]:
+    """Everything started, deployments registered; stopped again on exit."""
+    home.mkdir(parents=True, exist_ok=True)
+    api_url = f"http://127.0.0.1:{port}/api"
+    with ExitStack() as stack:
+        endpoint = stack.enter_context(emulator.moto_server(log_path=home / "emulator.log"))
+        environment = {
+            **os.environ,
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_API_URL": api_url,
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "demo",
+            "AWS_SECRET_ACCESS_KEY": "demo",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        upload_inputs(bucket="distributed-demo", endpoint_url=endpoint)
+
+        def start(args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+            log = stack.enter_context(open(home / log_name, "ab"))
+            # Own sessions: a Ctrl-C reaches only this script, which stops them in order.
+            process = subprocess.Popen(
+                args, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            stack.callback(_stop, process)
+            return process
+
+        server = start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log")
+        _wait_for(f"{api_url}/health", server, SERVER_STARTUP_S)
+        for args in (
+            [PREFECT, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"],
+            [PREFECT, "--no-prompt", "deploy", "--all"],
+        ):
+            subprocess.run(args, cwd=REPO, env=environment, check=True, capture_output=True)
+        # Registered last, so it is stopped first: a worker whose server is gone hangs.
+        start([PREFECT, "worker", "start", "--pool", WORK_POOL], "worker.log")
+        yield LocalStack(
+            api_url=api_url,
+            aws_endpoint=endpoint,
+            environment={k: environment[k] for k in ("PREFECT_API_URL", "PREFECT_HOME", "AWS_ENDPOINT_URL")},
+        )
+
+
+def main() -> None:
+    home = REPO / ".demo" / "local-stack"
+    port = int(os.environ.get("DISTRIBUTED_PREFECT_PORT", "4200"))
+    with local_stack(home, port) as stack:
+        print(
+            f"Prefect UI: http://127.0.0.1:{port}   AWS emulator: {stack.aws_endpoint}   logs: {home}\n"
+            "In another terminal:\n"
+            f"  export PREFECT_API_URL={stack.api_url}\n"
+            f"  .venv/bin/prefect deployment run distributed/run -p config={CONFIG.relative_to(REPO)} --watch\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    print("Stopped.")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    main()

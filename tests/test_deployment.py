@@ -1,0 +1,159 @@
+"""Deployments against a real Prefect server: `prefect deployment run distributed/run -p config=...`.
+
+The stack is what `make serve` starts: a Prefect server (SQLite, loopback) in a temporary home,
+the `distributed` process work pool with the deployments of prefect.yaml, a Prefect worker, and a
+moto server holding the demo's inputs. Runs are started through the CLI and read back through the
+Prefect API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from core.emulator import free_port
+from deployments.local_stack import PREFECT, REPO, LocalStack, local_stack
+
+DEMO_CONFIG = "deployments/demo/config.yaml"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with local_stack(tmp_path_factory.mktemp("stack"), port=free_port()) as running:
+        yield running
+
+
+def cli(stack: LocalStack, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PREFECT, *args],
+        cwd=REPO,
+        env={**os.environ, **stack.environment},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def read_flow_run(stack: LocalStack, flow_run_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def read_artifacts(stack: LocalStack, flow_run_id: str) -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {artifact.key: artifact.data for artifact in artifacts if artifact.key}
+
+
+def flow_run_id_of(output: str) -> str:
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", output)
+    assert match, output
+    return match.group(1)
+
+
+def aws(stack: LocalStack, service: str):
+    return boto3.client(service, endpoint_url=stack.aws_endpoint)
+
+
+def test_a_deployment_run_from_the_cli_completes_with_its_summary_and_artifacts(stack: LocalStack) -> None:
+    result = cli(stack, "deployment", "run", "distributed/run", "-p", f"config={DEMO_CONFIG}", "--watch")
+    assert result.returncode == 0, result.stdout + result.stderr
+    flow_run = read_flow_run(stack, flow_run_id_of(result.stdout))
+    assert flow_run.state.is_completed()
+    assert flow_run.name.startswith("demo-stats-")
+    assert {"distributed", "app:demo-stats"} <= set(flow_run.tags)
+
+    summary = json.loads(
+        aws(stack, "s3").get_object(Bucket="distributed-demo", Key=f"runs/{flow_run.id}/summary.json")["Body"].read()
+    )
+    assert (summary["total"], summary["succeeded"], len(summary["failed"])) == (100, 99, 1)
+    assert summary["resources_left"] == []
+    artifacts = read_artifacts(stack, str(flow_run.id))
+    assert "| succeeded | 99 |" in str(artifacts["run-summary"])
+    assert "P2" in str(artifacts["dead-jobs"])
+    assert aws(stack, "sqs").list_queues().get("QueueUrls", []) == []
+
+
+def test_a_number_given_as_config_fails_with_how_to_quote_it(stack: LocalStack) -> None:
+    result = cli(stack, "deployment", "run", "distributed/run", "-p", "config=123", "--watch")
+    assert result.returncode != 0
+    flow_run = read_flow_run(stack, flow_run_id_of(result.stdout))
+    assert flow_run.state.is_failed()
+    assert "config was read as the int 123" in flow_run.state.message
+    assert "Quote it as a JSON string" in flow_run.state.message
+
+
+def test_cancelling_a_running_batch_cleans_everything_up(stack: LocalStack, tmp_path: Path) -> None:
+    (tmp_path / "jobs.json").write_text(json.dumps({"output": "slow/{n}", "groups": [{"n": n} for n in range(4)]}))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "app_name": "slow",
+                "job_file": "jobs.json",
+                "command": f"{sys.executable} -c 'import time; time.sleep(300)' {{n}}",
+                "bucket": "distributed-demo",
+                "fleet": {"local_workers": 2},
+                "monitor": {"poll_interval_s": 1, "worker_wait_time_s": 1},
+            }
+        )
+    )
+    started = cli(stack, "deployment", "run", "distributed/run", "-p", f"config={config}")
+    assert started.returncode == 0, started.stdout + started.stderr
+    flow_run_id = flow_run_id_of(started.stdout)
+    sqs = aws(stack, "sqs")
+    deadline = time.monotonic() + 120
+    while not any("slow-" in url for url in sqs.list_queues().get("QueueUrls", [])):
+        assert time.monotonic() < deadline, "the batch never set up its queue"
+        time.sleep(1)
+    time.sleep(3)  # let the workers take jobs
+
+    cancelled = cli(stack, "flow-run", "cancel", flow_run_id)
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    deadline = time.monotonic() + 120
+    while not read_flow_run(stack, flow_run_id).state.is_cancelled():
+        assert time.monotonic() < deadline, "the run never reached Cancelled"
+        time.sleep(1)
+    deadline = time.monotonic() + 30
+    while sqs.list_queues().get("QueueUrls", []):
+        assert time.monotonic() < deadline, f"queues left: {sqs.list_queues()['QueueUrls']}"
+        time.sleep(1)
+    workers = subprocess.run(["pgrep", "-f", "time.sleep\\(300\\)"], capture_output=True, text=True, check=False)
+    assert workers.stdout.strip() == "", "a job's program is still running"
+
+
+def test_another_flow_can_run_the_deployment_and_wait_for_it(stack: LocalStack) -> None:
+    result = subprocess.run(
+        [sys.executable, "deployments/examples/trigger_deployment.py", DEMO_CONFIG],
+        cwd=REPO,
+        env={**os.environ, **stack.environment},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    batch_id = result.stdout.strip().splitlines()[-1]
+    batch = read_flow_run(stack, batch_id)
+    assert batch.state.is_completed()
+    assert batch.parent_task_run_id is not None  # linked to the calling flow as a subflow
