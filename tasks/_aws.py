@@ -14,25 +14,23 @@ from core.aws.clients import AwsClients, is_transient
 from core.config import RunConfig
 
 
-def aws_credentials(config: RunConfig) -> AwsCredentials:
-    """The saved credentials block the config names, or boto3's default chain."""
-    if config.aws_credentials:
-        return AwsCredentials.load(config.aws_credentials, _sync=True)
-    return AwsCredentials()
+def clients_for(credentials_block: str | None, region: str, endpoint_url: str | None = None) -> AwsClients:
+    """Clients from a saved credentials block (or boto3's default chain), for a region.
 
-
-def endpoint_url(config: RunConfig, credentials: AwsCredentials) -> str | None:
-    """Where AWS calls go: the config's endpoint, the block's, AWS_ENDPOINT_URL, or AWS itself."""
-    return config.endpoint_url or credentials.aws_client_parameters.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    AWS calls go to `endpoint_url`, else the block's endpoint, else AWS_ENDPOINT_URL, else AWS.
+    """
+    credentials = AwsCredentials.load(credentials_block, _sync=True) if credentials_block else AwsCredentials()
+    return AwsClients(
+        session=credentials.get_boto3_session(),
+        region=region,
+        endpoint_url=endpoint_url
+        or credentials.aws_client_parameters.endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL"),
+    )
 
 
 def aws_clients(config: RunConfig) -> AwsClients:
-    credentials = aws_credentials(config)
-    return AwsClients(
-        session=credentials.get_boto3_session(),
-        region=config.region,
-        endpoint_url=endpoint_url(config, credentials),
-    )
+    return clients_for(config.aws_credentials, config.region, config.endpoint_url)
 
 
 def retry_on_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:

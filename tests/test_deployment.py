@@ -94,6 +94,12 @@ def test_a_deployment_run_from_the_cli_completes_with_its_summary_and_artifacts(
     assert aws(stack, "sqs").list_queues().get("QueueUrls", []) == []
 
 
+def test_every_deployment_of_prefect_yaml_is_registered(stack: LocalStack) -> None:
+    listed = cli(stack, "deployment", "ls")
+    for name in ("distributed/run", "distributed/redrive", "distributed-janitor/sweep"):
+        assert name in listed.stdout, listed.stdout
+
+
 def test_a_number_given_as_config_fails_with_how_to_quote_it(stack: LocalStack) -> None:
     result = cli(stack, "deployment", "run", "distributed/run", "-p", "config=123", "--watch")
     assert result.returncode != 0

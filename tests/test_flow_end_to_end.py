@@ -204,3 +204,27 @@ def test_no_secret_reaches_a_log_an_artifact_or_the_summary(
     assert len(logs) > 10 and worker_logs
     for where, text in haystacks.items():
         assert secret not in text, f"the secret appeared in the {where}"
+
+
+def test_failed_jobs_can_be_rerun_once_their_cause_is_fixed(aws: str, tmp_path: Path) -> None:
+    upload_inputs()
+    config = str(write_batch(tmp_path))
+    first = run_flow(config)
+    assert [dead.fields for dead in first.failed] == [{"well": BROKEN_WELL}]
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=f"inputs/{BROKEN_WELL}.txt", Body=b"7 8")
+
+    from flows.distributed import distributed
+
+    rerun = distributed(config=config, rerun_failed_from=first.run_id)
+    assert (rerun.total, rerun.succeeded, rerun.failed) == (1, 1, [])
+    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"results/{BROKEN_WELL}/doubled.txt")["Body"].read()
+    assert body == b"14 16"
+
+
+def test_rerunning_a_run_without_a_summary_is_refused_before_anything_is_created(aws: str, tmp_path: Path) -> None:
+    upload_inputs()
+    from flows.distributed import distributed
+
+    with pytest.raises(ConfigError, match="rerun_failed_from: no summary of run nope"):
+        distributed(config=str(write_batch(tmp_path)), rerun_failed_from="nope")
+    assert queues_left() == []

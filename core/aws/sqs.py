@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from core.aws.clients import chunks, error_code
+from core.aws.clients import chunks, error_code, paginate
 from core.errors import AwsOperationError
 
 logger = logging.getLogger(__name__)
@@ -173,3 +173,16 @@ def delete_queue(sqs: BaseClient, name: str) -> None:
         if error_code(exc) not in MISSING_QUEUE_CODES:
             raise
     logger.info("Deleted queue %s", name)
+
+
+def tagged_queues(sqs: BaseClient, prefix: str, tags: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """Every queue whose name starts with `prefix` and that carries all of `tags`, with its tags."""
+    for url in paginate(sqs, "list_queues", "QueueUrls", QueueNamePrefix=prefix):
+        try:
+            queue_tags = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
+        except ClientError as exc:
+            if error_code(exc) in MISSING_QUEUE_CODES:
+                continue  # deleted meanwhile
+            raise
+        if all(queue_tags.get(key) == value for key, value in tags.items()):
+            yield url, queue_tags

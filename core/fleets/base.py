@@ -39,6 +39,10 @@ class FleetBackend(Protocol):
         """
         ...
 
+    def running_fleets(self) -> list[str]:
+        """Run ids of every fleet of this backend that is still running (for the janitor)."""
+        ...
+
     def status(self, handle: FleetHandle) -> FleetStatus:
         """How many workers were asked for, and how many are alive now."""
         ...

@@ -115,6 +115,14 @@ class LocalFleet:
         logger.info("Started %d local workers; logs in %s", request.workers, state_dir)
         return handle
 
+    def running_fleets(self) -> list[str]:
+        """Run ids whose local workers are alive."""
+        if not self._state_root.is_dir():
+            return []
+        return sorted(
+            path.name for path in self._state_root.iterdir() if self.status(self.handle_for(path.name)).running
+        )
+
     def status(self, handle: FleetHandle) -> FleetStatus:
         return FleetStatus(target=handle.workers, running=sum(_is_running(pid) for pid in self._pids(handle)))
 
