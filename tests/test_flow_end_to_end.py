@@ -228,3 +228,13 @@ def test_rerunning_a_run_without_a_summary_is_refused_before_anything_is_created
     with pytest.raises(ConfigError, match="rerun_failed_from: no summary of run nope"):
         distributed(config=str(write_batch(tmp_path)), rerun_failed_from="nope")
     assert queues_left() == []
+
+
+def test_the_subflow_example_gets_the_batchs_summary(aws: str, tmp_path: Path) -> None:
+    from deployments.examples.batch_as_subflow import plate_pipeline
+
+    upload_inputs()
+    state = plate_pipeline(config=str(write_batch(tmp_path)), return_state=True)
+    summary = state.result()
+    assert isinstance(summary, RunSummary)
+    assert (summary.succeeded, len(summary.failed)) == (5, 1)

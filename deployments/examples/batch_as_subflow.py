@@ -24,7 +24,7 @@ def plate_pipeline(config: str) -> RunSummary:
     logger = get_run_logger()
     summary = distributed(config=config)
     if summary.failed:
-        logger.warning("%d jobs failed; rerun them later with rerun_failed_from=%s", len(summary.failed), summary.run_id)
+        logger.warning("%d jobs failed; rerun them with rerun_failed_from=%s", len(summary.failed), summary.run_id)
     logger.info("%d of %d wells processed; next step can start", summary.succeeded + summary.skipped, summary.total)
     return summary
 
