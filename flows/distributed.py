@@ -20,14 +20,15 @@ import yaml
 from prefect import Flow, flow, get_run_logger, tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.runtime import flow_run
+from prefect.logging.loggers import flow_run_logger
+from prefect.runtime import flow_run as current_run
 from prefect.states import State
 
 from core.batch import Batch
 from core.config import RunConfig
 from core.errors import DistributedError
 from core.models import QueueUrls, RunResources, RunSummary
-from tasks.cleanup import cleanup_run
+from tasks.cleanup import clean_up, cleanup_run
 from tasks.enqueue import enqueue_jobs
 from tasks.events import announce
 from tasks.fleet import start_fleet
@@ -48,14 +49,16 @@ def _app_name(config: Any) -> str:
 
 
 def _run_name() -> str:
-    return f"{_app_name(flow_run.parameters.get('config'))}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    return f"{_app_name(current_run.parameters.get('config'))}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
-def _clean_up_after_crash(flow: Flow[..., Any], run: FlowRun, state: State[Any]) -> None:
+def _clean_up_after_crash(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """Runs in the Prefect worker when the flow's process died or was cancelled before its own
     cleanup could run; finds everything from the run id and the config parameter alone."""
-    config = resolve_config(run.parameters["config"])
-    cleanup_run.fn(config, RunResources.for_run(config, str(run.id)))
+    logger = flow_run_logger(flow_run, flow)
+    config = resolve_config(flow_run.parameters["config"])
+    result = clean_up(config, RunResources.for_run(config, str(flow_run.id)), logger)
+    logger.info("Cleaned up after the run ended %s: left %s", state.name, result.left or "nothing")
 
 
 @flow(
@@ -81,7 +84,7 @@ def distributed(config: ConfigParameter, rerun_failed_from: str | None = None) -
         if rerun_failed_from
         else Batch(file=validated.jobs)
     )
-    resources = RunResources.for_run(run_config, str(flow_run.id or uuid4()))
+    resources = RunResources.for_run(run_config, str(current_run.id or uuid4()))
     _tag_run(run_config)
     started = time.monotonic()
     urls: QueueUrls | None = None
@@ -108,11 +111,11 @@ def distributed(config: ConfigParameter, rerun_failed_from: str | None = None) -
 
 def _tag_run(config: RunConfig) -> None:
     """Tag the flow run with its app, so runs can be filtered and automations scoped in the UI."""
-    if flow_run.id is None:
+    if current_run.id is None:
         return
     with get_client(sync_client=True) as client:
-        existing = client.read_flow_run(flow_run.id).tags
-        client.update_flow_run(flow_run.id, tags=sorted({*existing, "distributed", f"app:{config.app_name}"}))
+        existing = client.read_flow_run(current_run.id).tags
+        client.update_flow_run(current_run.id, tags=sorted({*existing, "distributed", f"app:{config.app_name}"}))
 
 
 def _finish(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -16,11 +18,17 @@ from tasks._aws import AWS_RETRIES, aws_clients
 
 @task(name="cleanup", cache_policy=NO_CACHE, **AWS_RETRIES)
 def cleanup_run(config: RunConfig, resources: RunResources) -> CleanupResult:
-    """Idempotent: finds everything by the run's derived names, so it works after a crash too.
+    return clean_up(config, resources, get_run_logger())
+
+
+def clean_up(
+    config: RunConfig, resources: RunResources, logger: logging.Logger | logging.LoggerAdapter
+) -> CleanupResult:
+    """Idempotent: finds everything by the run's derived names, so it works after a crash too,
+    from another process (the crash hook runs in the Prefect worker).
 
     A resource that cannot be deleted is reported in `left` with the AWS error code.
     """
-    logger = get_run_logger()
     clients = aws_clients(config)
     sqs_client = clients.client("sqs")
     deleted: list[str] = []

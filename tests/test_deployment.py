@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -71,6 +72,19 @@ def flow_run_id_of(output: str) -> str:
     return match.group(1)
 
 
+def flow_run_processes(flow_run_id: str) -> list[int]:
+    """Processes the Prefect worker started for a flow run (it passes the id in the environment)."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 def aws(stack: LocalStack, service: str):
     return boto3.client(service, endpoint_url=stack.aws_endpoint)
 
@@ -81,6 +95,8 @@ def test_a_deployment_run_from_the_cli_completes_with_its_summary_and_artifacts(
     flow_run = read_flow_run(stack, flow_run_id_of(result.stdout))
     assert flow_run.state.is_completed()
     assert flow_run.name.startswith("demo-stats-")
+    for milestone in ("queue-ready", "jobs-enqueued", "fleet-up", "batch-complete", "cleanup-done"):
+        assert f"distributed.run.{milestone}" in result.stdout  # --watch prints the run's events
     assert {"distributed", "app:demo-stats"} <= set(flow_run.tags)
 
     summary = json.loads(
@@ -109,7 +125,8 @@ def test_a_number_given_as_config_fails_with_how_to_quote_it(stack: LocalStack) 
     assert "Quote it as a JSON string" in flow_run.state.message
 
 
-def test_cancelling_a_running_batch_cleans_everything_up(stack: LocalStack, tmp_path: Path) -> None:
+def start_slow_batch(stack: LocalStack, tmp_path: Path) -> str:
+    """A batch whose jobs sleep for minutes; returns its flow run id once its queue exists and jobs run."""
     (tmp_path / "jobs.json").write_text(json.dumps({"output": "slow/{n}", "groups": [{"n": n} for n in range(4)]}))
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -133,19 +150,43 @@ def test_cancelling_a_running_batch_cleans_everything_up(stack: LocalStack, tmp_
         assert time.monotonic() < deadline, "the batch never set up its queue"
         time.sleep(1)
     time.sleep(3)  # let the workers take jobs
+    return flow_run_id
 
+
+def wait_until_clean(stack: LocalStack) -> None:
+    sqs = aws(stack, "sqs")
+    deadline = time.monotonic() + 60
+    while sqs.list_queues().get("QueueUrls", []):
+        assert time.monotonic() < deadline, f"queues left: {sqs.list_queues()['QueueUrls']}"
+        time.sleep(1)
+    while subprocess.run(["pgrep", "-f", "time.sleep\\(300\\)"], capture_output=True, check=False).returncode == 0:
+        assert time.monotonic() < deadline, "a job's program is still running"
+        time.sleep(1)
+
+
+def test_cancelling_a_running_batch_cleans_everything_up(stack: LocalStack, tmp_path: Path) -> None:
+    flow_run_id = start_slow_batch(stack, tmp_path)
     cancelled = cli(stack, "flow-run", "cancel", flow_run_id)
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     deadline = time.monotonic() + 120
     while not read_flow_run(stack, flow_run_id).state.is_cancelled():
         assert time.monotonic() < deadline, "the run never reached Cancelled"
         time.sleep(1)
-    deadline = time.monotonic() + 30
-    while sqs.list_queues().get("QueueUrls", []):
-        assert time.monotonic() < deadline, f"queues left: {sqs.list_queues()['QueueUrls']}"
+    wait_until_clean(stack)
+
+
+def test_a_run_whose_process_is_killed_is_cleaned_up_by_its_crash_hook(stack: LocalStack, tmp_path: Path) -> None:
+    flow_run_id = start_slow_batch(stack, tmp_path)
+    # The flow run's own process (the Prefect worker's child) dies at once, with no chance to clean up.
+    processes = flow_run_processes(flow_run_id)
+    assert processes, "found no process for the flow run"
+    for pid in processes:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while not read_flow_run(stack, flow_run_id).state.is_crashed():
+        assert time.monotonic() < deadline, f"state: {read_flow_run(stack, flow_run_id).state}"
         time.sleep(1)
-    workers = subprocess.run(["pgrep", "-f", "time.sleep\\(300\\)"], capture_output=True, text=True, check=False)
-    assert workers.stdout.strip() == "", "a job's program is still running"
+    wait_until_clean(stack)
 
 
 def test_another_flow_can_run_the_deployment_and_wait_for_it(stack: LocalStack) -> None:
