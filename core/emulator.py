@@ -24,7 +24,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float, what: str) -> None:
+    """Return once `url` answers; raise if `process` (the server behind it) exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -32,9 +33,9 @@ def _wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float)
                 return
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError(f"the AWS emulator exited with status {process.returncode}") from None
+                raise RuntimeError(f"{what} exited with status {process.returncode}") from None
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the AWS emulator did not answer at {url} within {timeout_s:.0f} s") from None
+                raise RuntimeError(f"{what} did not answer at {url} within {timeout_s:.0f} s") from None
             time.sleep(0.1)
 
 
@@ -50,7 +51,7 @@ def moto_server(log_path: Path | None = None) -> Iterator[str]:
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(f"{endpoint}/moto-api/", process, STARTUP_TIMEOUT_S)
+        wait_until_up(f"{endpoint}/moto-api/", process, STARTUP_TIMEOUT_S, "the AWS emulator")
         yield endpoint
     finally:
         process.terminate()

@@ -16,8 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -39,18 +37,6 @@ class LocalStack:
     api_url: str
     aws_endpoint: str
     environment: dict[str, str]  # what a client of this stack needs (PREFECT_API_URL, AWS_*)
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server did not come up at {url}; see its log") from None
-            time.sleep(0.25)
 
 
 def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -95,7 +81,7 @@ def local_stack(home: Path, port: int = 4200) -> Iterator[LocalStack]:
             return process
 
         server = start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log")
-        _wait_for(f"{api_url}/health", server, SERVER_STARTUP_S)
+        emulator.wait_until_up(f"{api_url}/health", server, SERVER_STARTUP_S, "the Prefect server")
         for args in (
             [PREFECT, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"],
             [PREFECT, "--no-prompt", "deploy", "--all"],
