@@ -1,0 +1,425 @@
+"""The `spot-fleet` fleet: workers as ECS tasks on EC2 Spot machines that join a cluster.
+
+Before anything is created, the fleet file and the sizes are checked (`load_fleet_file`,
+`validate_spot_fleet`): every mistake that would fail on AWS, or leave containers unplaced on paid
+machines, is named with its fix.
+
+Everything a run creates is named after its run id (`distributed-<run id>`: task definition
+family, service, launch template) and tagged `run-id` and `created-by`, so status, resize and stop
+find it again from the run id alone, in any process, after a crash. The cluster is a config
+setting, so it is also written in the tag `ecs-cluster` of the task definition and the fleet request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.aws import ec2 as ec2_api
+from core.aws import ecs as ecs_api
+from core.aws import logs as logs_api
+from core.aws.clients import AwsClients
+from core.aws.ec2 import MachineSize
+from core.config import RunConfig
+from core.errors import ConfigError, FleetError
+from core.fleets.base import FleetRequest
+from core.models import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID, FleetHandle, FleetStatus
+
+logger = logging.getLogger(__name__)
+
+BACKEND = "spot-fleet"
+TAG_CLUSTER = "ecs-cluster"
+LOG_RETENTION_DAYS = 60  # Distributed-Something's
+EXPIRY_GRACE = timedelta(hours=1)
+DS_DOCKER_DEVICE = "/dev/xvdcz"  # Distributed-Something's devicemapper disk (Amazon Linux 1)
+ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+INSTANCE_PROFILE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$")
+CONFIG_FIELDS = frozenset({"InstanceType", "SpotPrice", "WeightedCapacity", "UserData", "TagSpecifications"})
+# The ECS agent registers a machine's memory less what the system and the agent use; 6 % covers it.
+MEMORY_RESERVE = 0.06
+
+
+def _sizes() -> dict[str, MachineSize]:
+    """vCPUs and GiB-per-vCPU of common families, large to 24xlarge (c5 has 9x and 18x sizes)."""
+    gib_per_vcpu = {"m": 4, "c": 2, "r": 8}
+    vcpus = {
+        "large": 2,
+        "xlarge": 4,
+        "2xlarge": 8,
+        "4xlarge": 16,
+        "8xlarge": 32,
+        "12xlarge": 48,
+        "16xlarge": 64,
+        "24xlarge": 96,
+    }
+    table = {}
+    for family in ("m5", "c5", "r5", "m6i", "c6i", "r6i", "m7i", "c7i"):
+        sizes = dict(vcpus)
+        if family == "c5":
+            sizes = {k: v for k, v in vcpus.items() if k not in {"8xlarge", "16xlarge"}} | {
+                "9xlarge": 36,
+                "18xlarge": 72,
+            }
+        for size, count in sizes.items():
+            table[f"{family}.{size}"] = MachineSize(vcpus=count, memory_mib=count * gib_per_vcpu[family[0]] * 1024)
+    return table
+
+
+MACHINE_SIZES: Mapping[str, MachineSize] = _sizes()
+
+
+class SpotFleetSettings(BaseModel):
+    """What the spot-fleet backend needs from a run's config."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    app_name: str = Field(description="Names the machines and tags every resource.")
+    region: str = Field(description="AWS region, for the awslogs driver and the AMI lookup.")
+    ecs_cluster: str = Field(description="ECS cluster the machines join (created when missing).")
+    machines: int = Field(ge=1, description="Spot Fleet target capacity, in machines.")
+    tasks_per_machine: int = Field(ge=1, description="Worker containers per machine.")
+    machine_types: tuple[str, ...] = Field(description="EC2 instance types, one launch-template config each.")
+    max_price_usd_per_hour: float = Field(gt=0, description="Highest Spot price per machine-hour in USD.")
+    ebs_volume_gb: int = Field(description="Root volume per machine in GB (holds the containers).")
+    fleet_file: Path = Field(description="The fleet file: Distributed-Something's SpotFleetRequestConfig.")
+    image: str = Field(description="The worker's container image.")
+    cpu_units: int = Field(description="ECS cpu units per container (1024 = 1 vCPU).")
+    memory_mib: int = Field(description="Hard memory limit per container in MiB.")
+    log_group: str = Field(description="CloudWatch log group of the containers' output.")
+    task_role_arn: str | None = Field(default=None, description="IAM role the workers' AWS calls use.")
+    capacity_wait_s: float = Field(default=600.0, ge=0, description="Longest wait for the machines at start.")
+    poll_s: float = Field(default=20.0, gt=0, description="Seconds between two readings of the fleet.")
+    fleet_lifetime_s: int = Field(description="The fleet expires (machines terminated) this long after start.")
+
+    @property
+    def workers(self) -> int:
+        return self.machines * self.tasks_per_machine
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> SpotFleetSettings:
+        """Raises ConfigError when the config names no fleet file."""
+        fleet = config.fleet
+        if fleet.fleet_file is None:
+            raise ConfigError(
+                "fleet.fleet_file: the spot-fleet backend needs a fleet file; "
+                "start from deployments/aws/fleet.example.json"
+            )
+        return cls(
+            app_name=config.app_name,
+            region=config.region,
+            ecs_cluster=fleet.ecs_cluster,
+            machines=fleet.machines,
+            tasks_per_machine=fleet.tasks_per_machine,
+            machine_types=fleet.machine_types,
+            max_price_usd_per_hour=fleet.max_price_usd_per_hour,
+            ebs_volume_gb=fleet.ebs_volume_gb,
+            fleet_file=fleet.fleet_file,
+            image=config.container.image,
+            cpu_units=config.container.cpu_units,
+            memory_mib=config.container.memory_mib,
+            log_group=config.log_group_name or config.app_name,
+            fleet_lifetime_s=config.monitor.max_run_time_s,
+        )
+
+
+def fleet_file_problems(fleet_file: dict[str, Any]) -> list[str]:
+    """Every mistake in a fleet file that would make EC2 refuse or fail the request, with the fix."""
+    problems: list[str] = []
+    role = fleet_file.get("IamFleetRole")
+    if not role:
+        problems.append(
+            "IamFleetRole is missing: give the ARN of the Spot Fleet role, "
+            "arn:aws:iam::<account>:role/aws-ec2-spot-fleet-tagging-role"
+        )
+    elif not ROLE_ARN.match(str(role)):
+        problems.append(f"IamFleetRole {role!r} is not an IAM role ARN (arn:aws:iam::<12 digits>:role/<name>)")
+    specs = fleet_file.get("LaunchSpecifications")
+    if not isinstance(specs, list) or not specs or not isinstance(specs[0], dict):
+        problems.append(
+            "LaunchSpecifications is missing: give one launch specification (the template of every "
+            "machine type), as in deployments/aws/fleet.example.json"
+        )
+        return problems
+    spec: dict[str, Any] = specs[0]
+    unknown = sorted(spec.keys() - ec2_api.TEMPLATE_FIELDS - CONFIG_FIELDS)
+    if unknown:
+        problems.append(f"LaunchSpecifications[0]: {', '.join(unknown)} not supported here; remove them")
+    profile = spec.get("IamInstanceProfile", {}).get("Arn", "")
+    if ":role/" in profile:
+        problems.append(
+            f"LaunchSpecifications[0].IamInstanceProfile.Arn {profile!r} is a role ARN; give the "
+            "instance profile's ARN instead: arn:aws:iam::<account>:instance-profile/<name> (IAM console, "
+            "the role's page, 'Instance profile ARNs')"
+        )
+    elif not INSTANCE_PROFILE_ARN.match(profile) and not spec.get("IamInstanceProfile", {}).get("Name"):
+        problems.append(
+            "LaunchSpecifications[0].IamInstanceProfile.Arn is missing or malformed: machines need an "
+            "instance profile (arn:aws:iam::<account>:instance-profile/<name>) to join the ECS cluster"
+        )
+    interface = (spec.get("NetworkInterfaces") or [{}])[0]
+    if not (spec.get("SubnetId") or interface.get("SubnetId")):
+        problems.append("LaunchSpecifications[0]: no subnet; set SubnetId, or NetworkInterfaces[0].SubnetId")
+    if not (spec.get("SecurityGroups") or interface.get("Groups")):
+        problems.append(
+            "LaunchSpecifications[0]: no security group; set SecurityGroups [{'GroupId': 'sg-...'}], "
+            "or NetworkInterfaces[0].Groups ['sg-...']"
+        )
+    if any(m.get("DeviceName") == DS_DOCKER_DEVICE for m in spec.get("BlockDeviceMappings", [])):
+        problems.append(
+            f"LaunchSpecifications[0].BlockDeviceMappings: {DS_DOCKER_DEVICE} was Distributed-Something's "
+            "Docker disk on Amazon Linux 1; Amazon Linux 2023 keeps containers on the root volume, sized "
+            "by fleet.ebs_volume_gb: remove this mapping"
+        )
+    return problems
+
+
+def load_fleet_file(path: Path) -> dict[str, Any]:
+    """Read a fleet file (JSON); raises ConfigError listing every problem in it at once."""
+    try:
+        fleet_file = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"fleet.fleet_file {path}: cannot be read ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"fleet.fleet_file {path}: not valid JSON ({exc})") from None
+    if not isinstance(fleet_file, dict):
+        raise ConfigError(f"fleet.fleet_file {path}: expected a JSON object (a SpotFleetRequestConfig)")
+    problems = fleet_file_problems(fleet_file)
+    if problems:
+        raise ConfigError(f"fleet.fleet_file {path}:\n" + "\n".join(f"  - {p}" for p in problems))
+    return fleet_file
+
+
+def validate_spot_fleet(
+    settings: SpotFleetSettings, fleet_file: dict[str, Any], sizes: Mapping[str, MachineSize] = MACHINE_SIZES
+) -> list[str]:
+    """Every reason the fleet would fail or never run a container, before any money is spent.
+
+    `sizes` gives each machine type's vCPUs and memory: the built-in table, extended with
+    `ec2.machine_sizes` for other types.
+    """
+    problems = [f"fleet.fleet_file: {problem}" for problem in fleet_file_problems(fleet_file)]
+    if not settings.machine_types:
+        problems.append("fleet.machine_types: give at least one EC2 instance type, e.g. [m5.xlarge]")
+    cpu = settings.cpu_units * settings.tasks_per_machine
+    memory = settings.memory_mib * settings.tasks_per_machine
+    for kind in settings.machine_types:
+        size = sizes.get(kind)
+        if size is None:
+            problems.append(
+                f"fleet.machine_types: {kind!r} is unknown (built in: m5, c5, r5, m6i, c6i, r6i, m7i, c7i, "
+                "large to 24xlarge); check its spelling, or look it up with core.aws.ec2.machine_sizes"
+            )
+            continue
+        usable_mib = int(size.memory_mib * (1 - MEMORY_RESERVE))
+        if memory > usable_mib:
+            problems.append(
+                f"container.memory_mib × fleet.tasks_per_machine = {memory} MiB does not fit {kind} "
+                f"(about {usable_mib} MiB for containers): lower either, or pick a larger type"
+            )
+        if cpu > size.vcpus * 1024:
+            problems.append(
+                f"container.cpu_units × fleet.tasks_per_machine = {cpu} does not fit {kind} "
+                f"({size.vcpus * 1024} cpu units): lower either, or pick a larger type"
+            )
+    if settings.ebs_volume_gb < ec2_api.ROOT_SNAPSHOT_GB and not fleet_file_image(fleet_file):
+        problems.append(
+            f"fleet.ebs_volume_gb: the ECS-optimized AMI's root volume is {ec2_api.ROOT_SNAPSHOT_GB} GB; "
+            f"use at least that"
+        )
+    return problems
+
+
+def fleet_file_image(fleet_file: dict[str, Any]) -> str | None:
+    specs = fleet_file.get("LaunchSpecifications") or [{}]
+    return specs[0].get("ImageId")
+
+
+def resource_name(run_id: str) -> str:
+    """Task definition family, service and launch template of a run."""
+    return f"distributed-{run_id}"
+
+
+def _parse(handle: FleetHandle) -> tuple[str, str]:
+    cluster, _, run_id = handle.id.rpartition("/")
+    return cluster, run_id
+
+
+class SpotFleet:
+    """Runs workers as ECS tasks on a Spot Fleet. Built without settings it can only find, watch
+    and stop fleets (cleanup, janitor); `start` and `resize` need them."""
+
+    def __init__(
+        self,
+        clients: AwsClients,
+        settings: SpotFleetSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._ec2 = clients.client("ec2")
+        self._ecs = clients.client("ecs")
+        self._logs = clients.client("logs")
+        self._ssm = clients.client("ssm")
+        self._settings = settings
+        self._clock = clock
+        self._sleep = sleep
+
+    @classmethod
+    def from_clients(cls, clients: AwsClients, config: RunConfig | None = None) -> SpotFleet:
+        """With a config: every method. Without (the registry's one-argument call): all but start and resize."""
+        return cls(clients, SpotFleetSettings.from_config(config) if config else None)
+
+    def _require_settings(self) -> SpotFleetSettings:
+        if self._settings is None:
+            raise FleetError(
+                "this spot-fleet backend was built without a run config; build it with from_clients(clients, config)"
+            )
+        return self._settings
+
+    def _fleets(self, run_id: str, *, active_only: bool = True) -> list[ec2_api.FleetRecord]:
+        return ec2_api.tagged_fleets(
+            self._ec2, {TAG_RUN_ID: run_id, TAG_CREATED_BY: CREATED_BY}, active_only=active_only
+        )
+
+    def handle_for(self, run_id: str, workers: int = 0) -> FleetHandle:
+        """The run's handle, `<cluster>/<run id>`. The cluster is the config's, or else read from the
+        tags of the run's task definition or fleet request; '' when neither exists any more."""
+        cluster = self._settings.ecs_cluster if self._settings else None
+        if cluster is None:
+            tags = ecs_api.task_definition_tags(self._ecs, resource_name(run_id))
+            if tags is None:
+                fleets = self._fleets(run_id, active_only=False)
+                tags = fleets[0].tags if fleets else {}
+            cluster = tags.get(TAG_CLUSTER, "")
+        return FleetHandle(backend=BACKEND, id=f"{cluster}/{run_id}", workers=workers)
+
+    def start(self, request: FleetRequest) -> FleetHandle:
+        """Cluster, task definition, service, fleet; waits (bounded) for machines, then asks for
+        machines × tasks_per_machine workers. Idempotent: a second start updates the service in place
+        and reuses the run's fleet request. `request.workers` is not used: the settings decide.
+
+        Raises ConfigError for a fleet file or sizes that cannot work (nothing is created then) and
+        FleetError when EC2 refuses the fleet (it is cancelled; stop removes the rest).
+        """
+        settings = self._require_settings()
+        fleet_file = load_fleet_file(settings.fleet_file)
+        sizes = {
+            **MACHINE_SIZES,
+            **ec2_api.machine_sizes(self._ec2, [t for t in settings.machine_types if t not in MACHINE_SIZES]),
+        }
+        problems = validate_spot_fleet(settings, fleet_file, sizes)
+        if problems:
+            raise ConfigError("The spot-fleet settings cannot work:\n" + "\n".join(f"  - {p}" for p in problems))
+        run_id, name, cluster = request.run_id, resource_name(request.run_id), settings.ecs_cluster
+        tags = {TAG_APP: settings.app_name, TAG_RUN_ID: run_id, TAG_CREATED_BY: CREATED_BY}
+        logs_api.ensure_log_group(self._logs, settings.log_group, LOG_RETENTION_DAYS, tags)
+        ecs_api.ensure_cluster(self._ecs, cluster, tags)
+        task_definition = ecs_api.register_task_definition(
+            self._ecs,
+            name,
+            settings.image,
+            settings.cpu_units,
+            settings.memory_mib,
+            {**request.environment, "DISTRIBUTED_SPOT_WATCH": "true"},
+            settings.log_group,
+            settings.region,
+            settings.task_role_arn,
+            {**tags, TAG_CLUSTER: cluster},
+        )
+        ecs_api.ensure_service(self._ecs, cluster, name, task_definition, tags)
+        existing = self._fleets(run_id)
+        fleet_id = existing[0].id if existing else self._request_fleet(settings, fleet_file, run_id, tags)
+        ec2_api.wait_for_capacity(
+            self._ec2,
+            fleet_id,
+            settings.machines,
+            deadline_s=settings.capacity_wait_s,
+            poll_s=settings.poll_s,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+        ecs_api.set_desired_count(self._ecs, cluster, name, settings.workers)
+        logger.info(
+            "Spot Fleet %s of run %s: %d worker(s) asked for in cluster %s", fleet_id, run_id, settings.workers, cluster
+        )
+        return FleetHandle(backend=BACKEND, id=f"{cluster}/{run_id}", workers=settings.workers)
+
+    def _request_fleet(
+        self, settings: SpotFleetSettings, fleet_file: dict[str, Any], run_id: str, tags: dict[str, str]
+    ) -> str:
+        name = resource_name(run_id)
+        image_id = fleet_file_image(fleet_file) or ec2_api.resolve_ecs_ami(self._ssm, settings.region)
+        data = ec2_api.launch_template_data(
+            fleet_file,
+            ebs_volume_gb=settings.ebs_volume_gb,
+            cluster=settings.ecs_cluster,
+            image_id=image_id,
+            tags={**tags, "Name": f"{settings.app_name}-worker"},
+        )
+        template = ec2_api.ensure_launch_template(self._ec2, name, data, tags)
+        now = datetime.now(UTC)
+        config = ec2_api.build_spot_fleet_request(
+            fleet_file,
+            launch_template=template,
+            run_id=run_id,
+            machine_types=settings.machine_types,
+            machines=settings.machines,
+            max_price_usd_per_hour=settings.max_price_usd_per_hour,
+            tags={**tags, TAG_CLUSTER: settings.ecs_cluster},
+            valid_from=now,
+            # A fleet nobody cleans up expires with the run's time limit, its machines terminated.
+            valid_until=now + timedelta(seconds=settings.fleet_lifetime_s) + EXPIRY_GRACE,
+        )
+        return ec2_api.request_fleet(self._ec2, config)
+
+    def status(self, handle: FleetHandle) -> FleetStatus:
+        """Workers asked for (the handle's), and ECS tasks of the run's service running now."""
+        cluster, run_id = _parse(handle)
+        service = ecs_api.describe_service(self._ecs, cluster, resource_name(run_id)) if cluster else None
+        return FleetStatus(target=handle.workers, running=service.get("runningCount", 0) if service else 0)
+
+    def resize(self, handle: FleetHandle, workers: int) -> None:
+        """Ask for `workers` containers and the machines they need. Fewer machines never terminate a
+        busy one (EC2 only stops replacing them). Raises FleetError when the run has no fleet."""
+        settings = self._require_settings()
+        cluster, run_id = _parse(handle)
+        fleets = self._fleets(run_id)
+        if not fleets:
+            raise FleetError(f"run {run_id} has no running Spot Fleet to resize")
+        ec2_api.set_target_capacity(self._ec2, fleets[0].id, math.ceil(workers / settings.tasks_per_machine))
+        ecs_api.set_desired_count(self._ecs, cluster, resource_name(run_id), workers)
+
+    def running_fleets(self) -> list[str]:
+        """Run ids of every active fleet request this package made."""
+        fleets = ec2_api.tagged_fleets(self._ec2, {TAG_CREATED_BY: CREATED_BY})
+        return sorted({fleet.tags[TAG_RUN_ID] for fleet in fleets if TAG_RUN_ID in fleet.tags})
+
+    def stop(self, handle: FleetHandle) -> None:
+        """Service to 0 and deleted (workers get SIGTERM and return their jobs), fleet cancelled with its
+        machines terminated, the cluster deleted if this run created it and nothing else uses it, then
+        the launch template and the task definitions. Idempotent; the order keeps the task definition
+        (whose tags name the cluster) until last, so a stop cut short can be finished from the run id."""
+        cluster, run_id = _parse(handle)
+        name = resource_name(run_id)
+        if cluster:
+            ecs_api.delete_service(self._ecs, cluster, name)
+        for fleet in self._fleets(run_id):
+            machines = ec2_api.fleet_instance_ids(self._ec2, fleet.id)
+            ec2_api.cancel_fleet(self._ec2, fleet.id)
+            if cluster:
+                ecs_api.deregister_container_instances(self._ecs, cluster, machines)
+        described = ecs_api.describe_cluster(self._ecs, cluster) if cluster else None
+        if described and ecs_api.tags_of(described).get(TAG_RUN_ID) == run_id:
+            ecs_api.delete_cluster_if_empty(self._ecs, cluster)
+        ec2_api.delete_launch_template(self._ec2, name)
+        ecs_api.deregister_task_definitions(self._ecs, name)
+        logger.info("Spot Fleet of run %s stopped", run_id)
