@@ -1,8 +1,10 @@
-"""The worker's pure decisions: settings, the wire format, the command line, check-if-done, records."""
+"""The worker's pure decisions: settings, the wire format, the command line, check-if-done, records,
+resource warnings, log batches and Spot notices."""
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -26,6 +28,9 @@ from worker.core import (
     render_command,
     settings_from_env,
 )
+from worker.joblog import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, batches, log_event
+from worker.resources import ResourceReading, describe_resources
+from worker.spot import InstanceAction, parse_instance_action
 
 REQUIRED_ENV = {
     "DISTRIBUTED_QUEUE_URL": "https://sqs.example/queue",
@@ -71,6 +76,10 @@ def test_settings_take_defaults_from_the_readme() -> None:
     assert settings.stagger_s == 0
     assert settings.work_dir is None
     assert settings.heartbeat_interval_s == 30
+    assert settings.log_group is None
+    assert settings.resource_log_s == 30
+    assert settings.spot_watch is False
+    assert settings.imds_endpoint == "http://169.254.169.254"
 
 
 def test_settings_parse_every_optional_variable() -> None:
@@ -89,6 +98,10 @@ def test_settings_parse_every_optional_variable() -> None:
             "DISTRIBUTED_PROCESSES": "4",
             "DISTRIBUTED_STAGGER_S": "0.5",
             "DISTRIBUTED_WORK_DIR": "/scratch",
+            "DISTRIBUTED_LOG_GROUP": "/batch/cells",
+            "DISTRIBUTED_RESOURCE_LOG_S": "0",
+            "DISTRIBUTED_SPOT_WATCH": "true",
+            "DISTRIBUTED_IMDS_ENDPOINT": "http://127.0.0.1:8080/",
         }
     )
     assert settings.check_if_done is True
@@ -98,6 +111,10 @@ def test_settings_parse_every_optional_variable() -> None:
     assert (settings.job_timeout_s, settings.idle_exit_s, settings.stagger_s) == (1.5, 2.0, 0.5)
     assert (settings.wait_time_s, settings.processes) == (0, 4)
     assert settings.work_dir == "/scratch"
+    assert settings.log_group == "/batch/cells"
+    assert settings.resource_log_s == 0
+    assert settings.spot_watch is True
+    assert settings.imds_endpoint == "http://127.0.0.1:8080"
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED_ENV))
@@ -119,6 +136,11 @@ def test_a_missing_required_variable_is_named(name: str) -> None:
         ("DISTRIBUTED_EXPECTED_NUMBER_FILES", "0"),
         ("DISTRIBUTED_JOB_TIMEOUT_S", "nan"),
         ("DISTRIBUTED_CHECK_IF_DONE", "yes"),
+        ("DISTRIBUTED_LOG_GROUP", "cells:run"),
+        ("DISTRIBUTED_RESOURCE_LOG_S", "-1"),
+        ("DISTRIBUTED_SPOT_WATCH", "1"),
+        ("DISTRIBUTED_IMDS_ENDPOINT", "169.254.169.254"),
+        ("DISTRIBUTED_IMDS_ENDPOINT", "http://169.254.169.254/latest"),
         ("DISTRIBUTED_COMMAND", "tool 'unclosed"),
         ("DISTRIBUTED_COMMAND", "tool {"),
         ("DISTRIBUTED_COMMAND", "tool {}"),
@@ -291,3 +313,88 @@ def test_outcome_keys_carry_the_status_and_never_match_a_longer_job_id() -> None
     assert outcome_key("run-1", "job-1", "succeeded").startswith(outcome_prefix("run-1", "job-1"))
     assert not outcome_key("run-1", "job-10", "succeeded").startswith(outcome_prefix("run-1", "job-1"))
     assert attempt_key("run-1", "job-1") == "runs/run-1/attempts/job-1.json"
+
+
+GIB = 1024**3
+
+
+def reading(
+    disk_free_gib: float = 50, memory_available_gib: float | None = 8, load_1m: float | None = 1.0
+) -> ResourceReading:
+    """A 100 GiB disk, 16 GiB of memory and 2 CPUs, with the given free disk, memory and load."""
+    return ResourceReading(
+        path="/work",
+        disk_total_bytes=100 * GIB,
+        disk_free_bytes=int(disk_free_gib * GIB),
+        memory_total_bytes=16 * GIB if memory_available_gib is not None else None,
+        memory_available_bytes=int(memory_available_gib * GIB) if memory_available_gib is not None else None,
+        load_1m=load_1m,
+        cpus=2,
+    )
+
+
+def test_a_resource_line_reports_disk_memory_and_load() -> None:
+    assert describe_resources(reading()) == (
+        logging.INFO,
+        "resources: disk 50% free (50.0 of 100.0 GiB) at /work; memory 50% available (8.0 of 16.0 GiB); "
+        "load 1.00 on 2 CPU(s)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "warning"),
+    [
+        ({"disk_free_gib": 9}, "disk over 90% used"),
+        ({"memory_available_gib": 1.5}, "memory under 10% available"),
+        ({"load_1m": 4.5}, "load over 2 per CPU"),
+    ],
+)
+def test_a_resource_line_is_a_warning_when_something_runs_short(values: dict[str, float], warning: str) -> None:
+    level, line = describe_resources(reading(**values))
+    assert level == logging.WARNING
+    assert line.endswith(f"; LOW: {warning}")
+
+
+def test_a_resource_line_at_the_thresholds_is_no_warning_and_leaves_out_what_it_could_not_read() -> None:
+    level, line = describe_resources(reading(disk_free_gib=10, memory_available_gib=None, load_1m=4.0))
+    assert level == logging.INFO
+    assert "memory" not in line
+    level, line = describe_resources(reading(load_1m=None))
+    assert level == logging.INFO
+    assert "load" not in line
+
+
+def test_a_log_event_is_cut_to_what_cloudwatch_takes_on_a_character_boundary() -> None:
+    assert log_event(5, "héllo") == (5, "héllo", len("héllo".encode()) + EVENT_OVERHEAD_BYTES)
+    event = log_event(5, "é" * MAX_EVENT_BYTES)
+    assert event.size <= MAX_EVENT_BYTES
+    assert set(event.message) == {"é"}
+    assert event.size == len(event.message.encode()) + EVENT_OVERHEAD_BYTES
+
+
+def test_log_batches_are_in_time_order_within_the_event_and_byte_limits() -> None:
+    small = [log_event(timestamp, "x") for timestamp in range(MAX_BATCH_EVENTS + 5, 0, -1)]
+    sent = list(batches(small))
+    assert [len(batch) for batch in sent] == [MAX_BATCH_EVENTS, 5]
+    timestamps = [event["timestamp"] for batch in sent for event in batch]
+    assert timestamps == sorted(timestamps)
+
+    large = [log_event(timestamp, "y" * 200_000) for timestamp in range(12)]
+    sent = list(batches(large))
+    assert [len(batch) for batch in sent] == [5, 5, 2]
+    for batch in sent:
+        assert sum(len(event["message"]) + EVENT_OVERHEAD_BYTES for event in batch) <= MAX_BATCH_BYTES
+    assert list(batches([])) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "notice"),
+    [
+        (b'{"action": "terminate", "time": "2026-03-01T12:02Z"}', InstanceAction("terminate", "2026-03-01T12:02Z")),
+        (b'{"action": "stop"}', InstanceAction("stop", "unknown")),
+        (b"not json", InstanceAction("unknown", "unknown")),
+        (b"[1]", InstanceAction("unknown", "unknown")),
+    ],
+)
+def test_a_spot_notice_is_a_notice_even_when_its_body_is_not_as_documented(body: bytes, notice: InstanceAction) -> None:
+    assert parse_instance_action(body) == notice

@@ -6,20 +6,29 @@ never on the order of calls.
 
 from __future__ import annotations
 
+import http.server
 import json
+import logging
 import os
+import random
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
+
+from core import emulator
+from worker import spot
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ID = "run-test"
@@ -29,6 +38,19 @@ RECORDS_BUCKET = "worker-records"
 PYTHON = shlex.quote(sys.executable)
 # The worker may run under another interpreter, e.g. the oldest Python an image may have (3.10).
 WORKER_PYTHON = os.environ.get("DISTRIBUTED_TEST_WORKER_PYTHON", sys.executable)
+
+
+def job_body(job_id: str, inputs: tuple[str, ...] = (), **fields: Any) -> str:
+    """A message in the wire format; the job's outputs go to `results/<job_id>/`."""
+    body = {
+        "schema_version": 1,
+        "run_id": RUN_ID,
+        "job_id": job_id,
+        "fields": fields,
+        "inputs": list(inputs),
+        "output": f"results/{job_id}",
+    }
+    return json.dumps(body)
 
 
 @dataclass
@@ -44,15 +66,17 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def send_job(self, job_id: str, inputs: tuple[str, ...] = (), **fields: Any) -> None:
-        body = {
-            "schema_version": 1,
-            "run_id": RUN_ID,
-            "job_id": job_id,
-            "fields": fields,
-            "inputs": list(inputs),
-            "output": f"results/{job_id}",
-        }
-        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(body))
+        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=job_body(job_id, inputs, **fields))
+
+    def send_jobs(self, job_ids: Sequence[str]) -> None:
+        """Ten jobs per call: moto's cost per call grows with the queue's depth."""
+        for start in range(0, len(job_ids), 10):
+            entries = [
+                {"Id": str(index), "MessageBody": job_body(job_id)}
+                for index, job_id in enumerate(job_ids[start : start + 10])
+            ]
+            response = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            assert not response.get("Failed")
 
     def put(self, bucket: str, key: str, body: bytes | str) -> None:
         self.s3.put_object(Bucket=bucket, Key=key, Body=body)
@@ -106,8 +130,8 @@ class Stack:
         )
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
-        listing = self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
-        return sorted(item["Key"] for item in listing.get("Contents", []))
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
     def text(self, bucket: str, key: str) -> str:
         return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
@@ -340,7 +364,8 @@ def test_a_duplicate_delivery_of_a_finished_job_is_deleted_without_running(
 
 
 def test_the_heartbeat_keeps_a_long_job_from_a_second_worker(make_stack: MakeStack, tmp_path: Path) -> None:
-    stack = make_stack(visibility_timeout_s=2)
+    visibility_timeout_s = 2
+    stack = make_stack(visibility_timeout_s=visibility_timeout_s)
     stack.send_job("job-long")
     starts = tmp_path / "starts"
     program = write_script(
@@ -349,15 +374,17 @@ def test_the_heartbeat_keeps_a_long_job_from_a_second_worker(make_stack: MakeSta
         "import sys, time",
         "with open(sys.argv[1], 'a') as starts:",
         "    starts.write('started\\n')",
-        "time.sleep(6)",
+        f"time.sleep({3 * visibility_timeout_s})  # three visibility timeouts",
     )
     command = f"{program} {shlex.quote(str(starts))}"
 
-    workers = [stack.start_worker(command, visibility_timeout_s=2) for _ in range(2)]
+    workers = [stack.start_worker(command, visibility_timeout_s=visibility_timeout_s) for _ in range(2)]
 
     assert [stack.wait_for_exit(worker) for worker in workers] == [0, 0]
     assert starts.read_text().splitlines() == ["started"]
-    assert stack.outcome("job-long")["status"] == "succeeded"
+    outcome = stack.outcome("job-long")
+    assert outcome["status"] == "succeeded"
+    assert outcome["duration_s"] >= 3 * visibility_timeout_s
     assert stack.counts() == (0, 0, 0)
 
 
@@ -424,3 +451,306 @@ def test_a_bad_configuration_exits_2_naming_the_variable(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "DISTRIBUTED_COMMAND is required" in result.stderr
     assert "do-not-log-me" not in result.stdout + result.stderr
+
+
+# Hardening: crashes, Spot interruptions, per-job log streams, resource lines, and a chaos run.
+
+
+def test_a_job_whose_worker_is_killed_completes_on_another_worker(make_stack: MakeStack, tmp_path: Path) -> None:
+    stack = make_stack(visibility_timeout_s=3, max_receive_count=5)
+    stack.send_job("job-crash")
+    starts = tmp_path / "starts"
+    program = write_script(
+        tmp_path,
+        "slow.py",
+        "import os, pathlib, sys, time",
+        "with open(sys.argv[1], 'a') as starts:",
+        "    starts.write(f'{os.getpid()} {os.getppid()}\\n')",
+        "if len(pathlib.Path(sys.argv[1]).read_text().splitlines()) == 1:",
+        "    time.sleep(60)  # the first run is killed long before",
+        "pathlib.Path(sys.argv[2], 'result.txt').write_text('done')",
+    )
+    command = f"{program} {shlex.quote(str(starts))} {{output_dir}}"
+    workers = [stack.start_worker(command, visibility_timeout_s=3) for _ in range(2)]
+    wait_until(lambda: starts.exists() and starts.read_text().endswith("\n"), 15, "the program started")
+
+    program_pid, worker_pid = (int(pid) for pid in starts.read_text().split()[:2])
+    [victim] = [worker for worker in workers if worker.pid == worker_pid]
+    [survivor] = [worker for worker in workers if worker is not victim]
+    victim.kill()
+    # A container's programs die with it; a bare process's do not, so end this one by hand.
+    os.killpg(program_pid, signal.SIGKILL)
+
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    assert stack.wait_for_exit(survivor) == 0
+    outcome = stack.outcome("job-crash")
+    assert outcome["status"] == "succeeded"
+    assert outcome["worker"].split(":")[1] == str(survivor.pid)
+    assert [line.split()[1] for line in starts.read_text().splitlines()] == [str(victim.pid), str(survivor.pid)]
+    assert stack.text(OUTPUT_BUCKET, "results/job-crash/result.txt") == "done"
+    assert stack.keys(RECORDS_BUCKET, f"runs/{RUN_ID}/attempts/") == []  # a killed attempt records nothing
+    assert stack.counts() == (0, 0, 0)
+
+
+class FakeImds:
+    """A stand-in for EC2's instance metadata service (IMDSv2) on 127.0.0.1, run by the test.
+
+    moto does not emulate IMDS, so this loopback fake is the one non-moto AWS endpoint in these
+    tests: a token for a PUT to the token path, then 404 on the Spot instance-action path until
+    `interrupt` is called, and 200 with the notice after.
+    """
+
+    TOKEN = "fake-imds-token"
+
+    def __init__(self) -> None:
+        self.notice: dict[str, str] | None = None
+        # The token header of every GET, in order.
+        self.get_tokens: list[str | None] = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path == spot.TOKEN_PATH and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+                    self._reply(200, fake.TOKEN)
+                else:
+                    self._reply(400, "")
+
+            def do_GET(self) -> None:  # noqa: N802
+                token = self.headers.get("X-aws-ec2-metadata-token")
+                fake.get_tokens.append(token)
+                if token != fake.TOKEN:
+                    self._reply(401, "")
+                elif self.path != spot.INSTANCE_ACTION_PATH or fake.notice is None:
+                    self._reply(404, "")
+                else:
+                    self._reply(200, json.dumps(fake.notice))
+
+            def _reply(self, status: int, body: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+                """Quiet: the test's output is the worker's log."""
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeImds:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def interrupt(self, action: str, at: str) -> None:
+        self.notice = {"action": action, "time": at}
+
+
+@pytest.fixture
+def fake_imds() -> Iterator[FakeImds]:
+    with FakeImds() as imds:
+        yield imds
+
+
+def test_a_spot_interruption_notice_stops_the_worker_and_hands_the_job_back_at_once(
+    make_stack: MakeStack, tmp_path: Path, fake_imds: FakeImds
+) -> None:
+    """The notice comes from the loopback FakeImds (moto has no IMDS); the rest is the moto server."""
+    stack = make_stack(visibility_timeout_s=300)
+    stack.send_job("job-on-spot")
+    started = tmp_path / "started"
+    program = write_script(
+        tmp_path,
+        "sleepy.py",
+        "import pathlib, sys, time",
+        "pathlib.Path(sys.argv[1]).write_text('yes')",
+        "time.sleep(300)",
+    )
+    worker = stack.start_worker(
+        f"{program} {shlex.quote(str(started))}",
+        visibility_timeout_s=300,
+        spot_watch="true",
+        imds_endpoint=fake_imds.url,
+    )
+    wait_until(started.exists, 15, "the program started")
+    assert fake_imds.get_tokens  # the worker looked before taking the job: no notice (404) yet
+    assert worker.poll() is None
+    assert stack.counts() == (0, 1, 0)
+
+    notified = time.monotonic()
+    fake_imds.interrupt("terminate", "2026-03-01T12:02:00Z")
+
+    assert stack.wait_for_exit(worker, timeout_s=15) == 0
+    assert time.monotonic() - notified < spot.POLL_INTERVAL_S + 5
+    wait_until(lambda: stack.counts() == (1, 0, 0), 3, "the message is visible again")
+    assert stack.keys(RECORDS_BUCKET) == []  # an interruption is not a failed attempt
+    assert re.search(r"WARNING .*spot interruption notice: terminate at 2026-03-01T12:02:00Z", stack.logs())
+    assert set(fake_imds.get_tokens) == {FakeImds.TOKEN}
+
+
+def test_the_spot_watcher_reads_a_notice_and_shrugs_off_an_unreachable_metadata_service(
+    fake_imds: FakeImds,
+) -> None:
+    log = logging.LoggerAdapter(logging.getLogger("worker"), {})
+    unreachable = spot.SpotWatcher(f"http://127.0.0.1:{emulator.free_port()}", threading.Event(), log)
+    assert unreachable.check() is False
+
+    stop = threading.Event()
+    watcher = spot.SpotWatcher(fake_imds.url, stop, log)
+    assert watcher.check() is False
+    assert not stop.is_set()
+    fake_imds.interrupt("stop", "2026-03-01T12:02:00Z")
+    assert watcher.check() is True
+    assert stop.is_set()
+    assert fake_imds.get_tokens == [FakeImds.TOKEN, FakeImds.TOKEN]  # one token serves many polls
+
+
+ECHO_AND_WAIT = """
+import pathlib, sys, time
+job_id, go = sys.argv[1:3]
+print("hello from", job_id, flush=True)
+if job_id == "job-b":
+    print("halfway", flush=True)
+    deadline = time.monotonic() + 30
+    while not pathlib.Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+print("bye from", job_id)
+"""
+
+
+def stream_messages(logs: Any, group: str, stream: str) -> list[str]:
+    """The stream's messages, oldest first; none while the stream (or its group) does not exist yet."""
+    try:
+        events = logs.get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True)["events"]
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] == "ResourceNotFoundException"
+        return []
+    return [event["message"] for event in events]
+
+
+def test_each_job_gets_its_own_log_stream_with_its_program_output(make_stack: MakeStack, tmp_path: Path) -> None:
+    stack = make_stack()
+    logs = boto3.client("logs", endpoint_url=stack.endpoint, region_name="us-east-1")
+    group = "cells-jobs"  # not created beforehand: the worker makes it
+    stack.send_job("job-a")
+    stack.send_job("job-b")
+    go = tmp_path / "go"
+    command = write_script(tmp_path, "echo.py", ECHO_AND_WAIT) + f" {{job_id}} {shlex.quote(str(go))}"
+
+    worker = stack.start_worker(command, processes=2, log_group=group)
+
+    # Sent while the job runs, not only at its end.
+    wait_until(
+        lambda: stack.counts()[1] > 0 and any("| halfway" in line for line in stream_messages(logs, group, "job-b")),
+        15,
+        "job-b's first lines are in its stream while it runs",
+    )
+    go.touch()
+    assert stack.wait_for_exit(worker) == 0
+    streams = logs.describe_log_streams(logGroupName=group)["logStreams"]
+    assert sorted(stream["logStreamName"] for stream in streams) == ["job-a", "job-b"]
+    for job_id in ("job-a", "job-b"):
+        messages = stream_messages(logs, group, job_id)
+        assert re.fullmatch(rf"INFO \[[^ ]+:{worker.pid}:\d run={RUN_ID}\] starting attempt 1", messages[0])
+        assert re.fullmatch(r"INFO \[.*\] succeeded in [\d.]+ s", messages[-1])
+        program_lines = [message.split("] | ", 1)[1] for message in messages if "] | " in message]
+        expected = ["hello from " + job_id, *(["halfway"] if job_id == "job-b" else []), "bye from " + job_id]
+        assert program_lines == expected
+    assert "could not write to CloudWatch" not in stack.logs()
+
+
+def test_a_log_stream_that_cannot_be_written_never_fails_a_job(
+    make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = make_stack()
+    stack.send_job("job-a")
+    stack.send_job("job-b")
+    # CloudWatch Logs, and only it, is a port where nothing listens.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", f"http://127.0.0.1:{emulator.free_port()}")
+
+    worker = stack.start_worker(f"{PYTHON} -c 'print(42)'", log_group="cells-jobs")
+
+    assert stack.wait_for_exit(worker, timeout_s=60) == 0
+    assert [stack.outcome(job_id)["status"] for job_id in ("job-a", "job-b")] == ["succeeded", "succeeded"]
+    assert stack.counts() == (0, 0, 0)
+    warnings = re.findall(r"WARNING .*could not write to CloudWatch log stream cells-jobs/job-[ab]", stack.logs())
+    assert len(warnings) == 1  # once, not once per job
+
+
+def test_the_worker_logs_a_resource_line_every_interval(make_stack: MakeStack) -> None:
+    stack = make_stack()
+
+    worker = stack.start_worker(f"{PYTHON} -c pass", resource_log_s=1, idle_exit_s=3)
+
+    assert stack.wait_for_exit(worker) == 0
+    lines = re.findall(
+        r"(INFO|WARNING) \[main .*\] resources: disk \d+% free \([\d.]+ of [\d.]+ GiB\) at (\S+); "
+        r"memory \d+% available \([\d.]+ of [\d.]+ GiB\); load [\d.]+ on \d+ CPU\(s\)",
+        stack.logs(),
+    )
+    assert len(lines) >= 2
+    assert {path for _, path in lines} == {str(stack.tmp_path / "work")}
+
+
+CHAOS_JOBS = 500
+CHAOS_WORKERS = 4
+CHAOS_KILLS = 6
+# Jobs waiting in the queue while the test feeds it: enough that no worker ever sees it empty.
+CHAOS_BACKLOG = 20
+
+
+def top_up(stack: Stack, pending: list[str], backlog: int) -> None:
+    """Send jobs from the front of `pending` until about `backlog` are waiting in the queue."""
+    missing = backlog - stack.counts()[0]
+    if missing > 0:
+        batch, pending[:] = pending[:missing], pending[missing:]
+        stack.send_jobs(batch)
+
+
+def test_chaos_workers_killed_at_random_lose_no_job_and_repeat_none(make_stack: MakeStack) -> None:
+    """500 jobs, 4 workers; every 1-2 s one worker is SIGKILLed and a new one started in its place.
+
+    A killed worker's job comes back after the (short) visibility timeout; moto also delivers some
+    messages twice. Whatever the receive counts, every job must end with exactly one output and one
+    `succeeded` outcome record, and nothing dead. The test feeds the queue as it drains rather than
+    all at once: moto's cost per call grows with the queue's depth, which is not what is tested.
+    """
+    rng = random.Random(20260301)
+    stack = make_stack(visibility_timeout_s=3, max_receive_count=10)
+    job_ids = [f"job-{number:03d}" for number in range(CHAOS_JOBS)]
+    pending = list(job_ids)
+    top_up(stack, pending, CHAOS_BACKLOG)
+    # sh, not python: a job takes milliseconds, so the workers spend their time on the queue.
+    command = """sh -c 'echo "$0" > "$1/result.txt"' {job_id} {output_dir}"""
+    settings = {"visibility_timeout_s": 3, "wait_time_s": 1}
+    workers = [stack.start_worker(command, **settings) for _ in range(CHAOS_WORKERS)]
+    wait_until(lambda: stack.counts()[1] > 0, 30, "the workers are taking jobs")  # kills then hit jobs
+
+    kills = 0
+    next_kill = time.monotonic() + rng.uniform(1, 2)
+    while pending or kills < CHAOS_KILLS:
+        top_up(stack, pending, CHAOS_BACKLOG)
+        running = [worker for worker in workers if worker.poll() is None]
+        assert running, "every worker exited while jobs were still to come"
+        if kills < CHAOS_KILLS and time.monotonic() >= next_kill:
+            victim = rng.choice(running)
+            victim.kill()
+            victim.wait()
+            workers[workers.index(victim)] = stack.start_worker(command, **settings)
+            kills += 1
+            next_kill += rng.uniform(1, 2)
+        time.sleep(0.2)
+
+    assert [stack.wait_for_exit(worker, timeout_s=60) for worker in workers] == [0] * CHAOS_WORKERS
+    assert stack.keys(OUTPUT_BUCKET) == [f"results/{job_id}/result.txt" for job_id in job_ids]
+    assert stack.keys(RECORDS_BUCKET, f"runs/{RUN_ID}/outcomes/") == [
+        f"runs/{RUN_ID}/outcomes/{job_id}.succeeded.json" for job_id in job_ids
+    ]
+    for job_id in rng.sample(job_ids, 25):  # each output is its own job's
+        assert stack.text(OUTPUT_BUCKET, f"results/{job_id}/result.txt") == job_id + "\n"
+    assert stack.counts() == (0, 0, 0)
+    assert stack.counts(stack.dlq_url) == (0, 0, 0)

@@ -27,6 +27,10 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # SQS limits: visibility timeouts up to 12 hours, long polls up to 20 seconds.
 _MAX_VISIBILITY_S = 43_200
 _MAX_WAIT_TIME_S = 20
+# CloudWatch Logs' rule for log group names.
+_LOG_GROUP_NAME = re.compile(r"[.\-_/#A-Za-z0-9]{1,512}\Z")
+# Where EC2 serves instance metadata (IMDS); a test points the worker at a fake instead.
+DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 
 _Num = TypeVar("_Num", int, float)
 
@@ -82,6 +86,12 @@ class WorkerSettings:
     processes: int = 1
     stagger_s: float = 0.0
     work_dir: str | None = None
+    # None: no per-job log streams.
+    log_group: str | None = None
+    # 0: no resource lines.
+    resource_log_s: float = 30.0
+    spot_watch: bool = False
+    imds_endpoint: str = DEFAULT_IMDS_ENDPOINT
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -133,6 +143,22 @@ def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw == "true"
 
 
+def _log_group(env: Mapping[str, str]) -> str | None:
+    """Checked here, or a bad name would only show up as a warning at the first job."""
+    name = env.get("DISTRIBUTED_LOG_GROUP", "").strip()
+    if name and not _LOG_GROUP_NAME.match(name):
+        raise ConfigError(f"DISTRIBUTED_LOG_GROUP must be 1-512 letters, digits and '._-/#', got {name!r}")
+    return name or None
+
+
+def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
+    """A scheme and a host (and port), nothing else: the worker appends the paths itself."""
+    value = env.get(name, "").strip() or default
+    if not re.match(r"https?://[^/\s]+/?\Z", value):
+        raise ConfigError(f"{name} must be a base URL like {default}, got {value!r}")
+    return value.rstrip("/")
+
+
 def _is_positional(field_name: str) -> bool:
     """'{}', '{0}', '{0.attr}' or '{0[key]}' would need positional arguments, which never exist."""
     first = re.split(r"[.\[]", field_name, maxsplit=1)[0]
@@ -176,6 +202,10 @@ def settings_from_env(env: Mapping[str, str]) -> WorkerSettings:
         processes=_number(env, "DISTRIBUTED_PROCESSES", 1, low=1),
         stagger_s=_number(env, "DISTRIBUTED_STAGGER_S", 0.0, low=0.0),
         work_dir=env.get("DISTRIBUTED_WORK_DIR", "").strip() or None,
+        log_group=_log_group(env),
+        resource_log_s=_number(env, "DISTRIBUTED_RESOURCE_LOG_S", 30.0, low=0.0),
+        spot_watch=_boolean(env, "DISTRIBUTED_SPOT_WATCH", False),
+        imds_endpoint=_http_url(env, "DISTRIBUTED_IMDS_ENDPOINT", DEFAULT_IMDS_ENDPOINT),
     )
 
 

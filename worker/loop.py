@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -41,6 +41,7 @@ from worker.core import (
     parse_message,
     render_command,
 )
+from worker.joblog import JobLogRouter
 from worker.program import Heartbeat, run_program
 
 logger = logging.getLogger("worker")
@@ -106,12 +107,21 @@ def utc_now() -> datetime:
 class WorkerLoop:
     """One loop: poll, run one job at a time, until the queue has drained, vanished or we stop."""
 
-    def __init__(self, index: int, settings: WorkerSettings, clients: Clients, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        index: int,
+        settings: WorkerSettings,
+        clients: Clients,
+        stop: threading.Event,
+        job_logs: JobLogRouter | None,
+    ) -> None:
         self.index = index
         self.settings = settings
         self.sqs = clients.sqs
         self.s3 = clients.s3
         self.stop = stop
+        # None: no per-job CloudWatch log streams (DISTRIBUTED_LOG_GROUP unset).
+        self.job_logs = job_logs
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{index}"
         self.log = self._job_log("-")
         # When the queue was first seen drained (monotonic time), for the idle exit.
@@ -202,7 +212,18 @@ class WorkerLoop:
             log.info("already done (duplicate delivery): deleting the message")
             self._delete(receipt)
             return
+        with self._job_log_stream(job.job_id):
+            self._attempt(message, job, attempt, log)
 
+    def _job_log_stream(self, job_id: str) -> AbstractContextManager[None]:
+        """Where the attempt's lines also go: its CloudWatch log stream, when there are streams."""
+        if self.job_logs is None:
+            return nullcontext()
+        return self.job_logs.stream(self.worker, job_id)
+
+    def _attempt(self, message: dict[str, Any], job: JobMessage, attempt: int, log: logging.LoggerAdapter[Any]) -> None:
+        """Run the job once; the message ends deleted, dead-lettered or visible again."""
+        receipt = message["ReceiptHandle"]
         log.info("starting attempt %d", attempt)
         started = time.monotonic()
         heartbeat = Heartbeat(

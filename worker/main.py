@@ -1,7 +1,9 @@
-"""`python -m worker`: configuration, logging, signals, and the worker loops' threads.
+"""`python -m worker`: configuration, logging, signals, and the threads of the worker process.
 
-Each loop thread gets its own boto3 clients, all made here in the main thread from one session:
-using a client from several threads is safe, creating clients from a shared session is not.
+Besides the worker loops: a resource monitor, per-job CloudWatch log streams and a Spot
+interruption watcher, each when configured. Each loop thread gets its own boto3 clients, all made
+here in the main thread from one session: using a client from several threads is safe, creating
+clients from a shared session is not.
 """
 
 from __future__ import annotations
@@ -9,15 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import threading
 from types import FrameType
+from typing import Any
 
 import boto3
 import botocore.config
 from botocore.exceptions import BotoCoreError
 
 from worker.core import ConfigError, WorkerSettings, settings_from_env
+from worker.joblog import JobLogRouter
 from worker.loop import Clients, WorkerLoop
+from worker.resources import log_resources
+from worker.spot import start_spot_watch
 
 logger = logging.getLogger("worker")
 
@@ -31,6 +38,20 @@ def make_clients(session: boto3.session.Session, settings: WorkerSettings) -> Cl
         read_timeout=30 + settings.wait_time_s,
     )
     return Clients(sqs=session.client("sqs", config=config), s3=session.client("s3", config=config))
+
+
+def make_job_logs(
+    session: boto3.session.Session, settings: WorkerSettings, log: logging.LoggerAdapter[Any]
+) -> JobLogRouter | None:
+    """The per-job log streams, attached to the worker's logger; None when they are not wanted."""
+    if not settings.log_group:
+        return None
+    # Each attempt's last lines are sent before the loop takes the next job: short timeouts and one
+    # retry keep an unreachable CloudWatch to seconds per job, and lines are never worth more.
+    config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2, read_timeout=10)
+    router = JobLogRouter(session.client("logs", config=config), settings.log_group, log)
+    logger.addHandler(router)
+    return router
 
 
 class _ContextDefaults(logging.Filter):
@@ -54,6 +75,18 @@ def configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def start_watchers(settings: WorkerSettings, stop: threading.Event, log: logging.LoggerAdapter[Any]) -> None:
+    """The daemon threads beside the loops: the Spot interruption watcher and the resource lines.
+
+    The Spot watcher looks once before returning, so a worker started after the notice takes no job.
+    """
+    if settings.spot_watch:
+        start_spot_watch(settings.imds_endpoint, stop, log)
+    if settings.resource_log_s > 0:
+        arguments = (settings.work_dir or tempfile.gettempdir(), settings.resource_log_s, stop, log)
+        threading.Thread(target=log_resources, args=arguments, name="resources", daemon=True).start()
+
+
 def main() -> int:
     """Run the worker loops until they all finish; 0 when they did, 2 for a bad configuration."""
     configure_logging()
@@ -75,8 +108,10 @@ def main() -> int:
         if settings.work_dir:
             os.makedirs(settings.work_dir, exist_ok=True)
         session = boto3.session.Session()
+        job_logs = make_job_logs(session, settings, log)
         loops = [
-            WorkerLoop(index, settings, make_clients(session, settings), stop) for index in range(settings.processes)
+            WorkerLoop(index, settings, make_clients(session, settings), stop, job_logs)
+            for index in range(settings.processes)
         ]
     except OSError as exc:
         log.error("cannot create DISTRIBUTED_WORK_DIR: %s", exc)
@@ -84,6 +119,7 @@ def main() -> int:
     except BotoCoreError as exc:  # e.g. no region configured
         log.error("cannot create AWS clients: %s", exc)
         return 2
+    start_watchers(settings, stop, log)
     threads = [threading.Thread(target=loop.run, name=f"worker-loop-{loop.index}") for loop in loops]
     log.info("starting %d worker loop(s)", len(threads))
     for thread in threads:
