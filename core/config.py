@@ -80,6 +80,18 @@ class ContainerSettings(_Section):
     stagger_s: int = Field(
         default=0, ge=0, le=3600, description="Seconds between starting those copies (SECONDS_TO_START)."
     )
+    job_log_streams: bool = Field(
+        default=False,
+        description="Each job's output to its own CloudWatch log stream named by job id, in the log group "
+        "'log_group_name'.",
+    )
+    resource_log_interval_s: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="Seconds between the worker's resource lines (disk, memory, load; a WARNING when one runs "
+        "short); 0: none.",
+    )
 
 
 class FleetSettings(_Section):
@@ -108,6 +120,17 @@ class FleetSettings(_Section):
         default=None, description="Spot Fleet request template (Distributed-Something's fleet file)."
     )
     ecs_cluster: str = Field(default="default", pattern=NAME_PATTERN, description="ECS cluster name (ECS_CLUSTER).")
+    task_role_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[\w-]*:iam::\d{12}:role/.+$",
+        description="IAM role of the worker containers (the ECS task role); never access keys.",
+    )
+    capacity_wait_s: int = Field(
+        default=600,
+        ge=0,
+        le=3600,
+        description="Longest wait for the machines when the fleet starts; then go on with what came.",
+    )
 
 
 class CheckIfDoneSettings(_Section):
@@ -191,9 +214,12 @@ class RunConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _backend_available(self) -> RunConfig:
-        if self.fleet.backend != "local":
-            raise ValueError(f"fleet.backend '{self.fleet.backend}' is not available in this version; use 'local'")
+    def _fleet_file_for_spot_fleet(self) -> RunConfig:
+        if self.fleet.backend == "spot-fleet" and self.fleet.fleet_file is None:
+            raise ValueError(
+                "fleet.fleet_file is required with fleet.backend 'spot-fleet'; "
+                "start from deployments/aws/fleet.example.json"
+            )
         return self
 
     @property

@@ -44,7 +44,7 @@ def janitor(
     """
     logger = get_run_logger()
     clients = clients_for(aws_credentials, region, endpoint_url)
-    fleets = [make_backend(clients) for make_backend in BACKENDS.values()]
+    fleets = [make_backend(clients, None) for make_backend in BACKENDS.values()]
     report = sweep(clients.client("sqs"), fleets, _run_is_over, app_name=app_name, dry_run=dry_run)
     logger.info("Janitor: %d removed, %d kept: %s", len(report.removed), len(report.kept), report.kept or "")
     return report

@@ -35,7 +35,7 @@ def clean_up(
     kept: list[str] = []
     left: list[str] = []
 
-    backend = fleet_backend(config.fleet.backend, clients)
+    backend = fleet_backend(clients, config)
     fleet = backend.handle_for(resources.run_id)
     backend.stop(fleet)
     running = backend.status(fleet).running

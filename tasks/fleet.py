@@ -16,7 +16,7 @@ from tasks._aws import AWS_RETRIES, aws_clients
 def start_fleet(config: RunConfig, resources: RunResources, urls: QueueUrls) -> FleetHandle:
     """Start the workers; starting again for the same run returns the running fleet."""
     logger = get_run_logger()
-    backend = fleet_backend(config.fleet.backend, aws_clients(config))
+    backend = fleet_backend(aws_clients(config), config)
     request = FleetRequest(
         run_id=resources.run_id,
         workers=config.fleet.local_workers,

@@ -34,7 +34,7 @@ def monitor_run(
     logger = get_run_logger()
     clients = aws_clients(config)
     sqs_client, s3_client = clients.client("sqs"), clients.client("s3")
-    backend = fleet_backend(config.fleet.backend, clients)
+    backend = fleet_backend(clients, config)
     progress = _Progress(
         logger=logger,
         total=total,

@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.aws import s3, sqs
 from core.config import RunConfig
+from core.fleets import fleet_backend
 from core.models import QueueUrls, RunResources
 from tasks._aws import AWS_RETRIES, aws_clients
 
@@ -17,6 +18,7 @@ def setup_run(config: RunConfig, resources: RunResources) -> QueueUrls:
     logger = get_run_logger()
     clients = aws_clients(config)
     s3_client, sqs_client = clients.client("s3"), clients.client("sqs")
+    fleet_backend(clients, config).preflight()  # the fleet's settings, before anything is created
     for setting, bucket in (
         ("bucket", config.bucket),
         ("input_bucket", config.inputs_bucket),

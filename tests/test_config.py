@@ -49,9 +49,14 @@ def test_an_invalid_bucket_name_is_rejected() -> None:
         parse_config({**MINIMAL, "bucket": "My_Bucket"}, "cfg.yaml")
 
 
-def test_the_spot_fleet_backend_is_refused_until_it_exists() -> None:
-    with pytest.raises(ConfigError, match="fleet.backend 'spot-fleet' is not available"):
+def test_the_spot_fleet_backend_needs_a_fleet_file() -> None:
+    with pytest.raises(ConfigError, match="fleet.fleet_file is required with fleet.backend 'spot-fleet'"):
         parse_config({**MINIMAL, "fleet": {"backend": "spot-fleet"}}, "cfg.yaml")
+
+
+def test_a_task_role_must_be_a_role_arn() -> None:
+    with pytest.raises(ConfigError, match=r"fleet\.task_role_arn: String should match pattern"):
+        parse_config({**MINIMAL, "fleet": {"task_role_arn": "arn:aws:iam::123456789012:instance-profile/x"}}, "c")
 
 
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
@@ -80,3 +85,31 @@ def test_queue_names_are_derived_from_the_app_and_the_run() -> None:
     assert config.queue_names("0123abcd-0000-0000-0000-000000000000") == ("cells-0123abcd", "cells-0123abcd-dead")
     named = RunConfig.model_validate({**MINIMAL, "queue": {"name": "MyQueue"}})
     assert named.queue_names("x") == ("MyQueue", "MyQueue-dead")
+
+
+def test_job_log_streams_are_off_and_resource_lines_every_30_s_by_default() -> None:
+    config = parse_config(MINIMAL, "test")
+    assert config.container.job_log_streams is False
+    assert config.container.resource_log_interval_s == 30
+    with pytest.raises(ConfigError, match=r"container\.resource_log_interval_s: Input should be greater than or"):
+        parse_config({**MINIMAL, "container": {"resource_log_interval_s": -1}}, "cfg.yaml")
+
+
+@pytest.mark.parametrize(
+    ("job_log_streams", "log_group_name", "expected"),
+    [(False, None, ""), (True, None, "cells"), (True, "/batch/cells", "/batch/cells"), (False, "/batch/cells", "")],
+)
+def test_workers_get_the_log_group_only_when_job_log_streams_are_on(
+    job_log_streams: bool, log_group_name: str | None, expected: str
+) -> None:
+    from core.models import QueueUrls, RunResources
+    from core.worker_env import worker_environment
+
+    container = {"job_log_streams": job_log_streams, "resource_log_interval_s": 0}
+    config = parse_config({**MINIMAL, "log_group_name": log_group_name, "container": container}, "test")
+    urls = QueueUrls(queue_url="https://sqs/q", dead_letter_queue_url="https://sqs/d")
+
+    environment = worker_environment(config, RunResources.for_run(config, "run-1"), urls)
+
+    assert environment["DISTRIBUTED_LOG_GROUP"] == expected
+    assert environment["DISTRIBUTED_RESOURCE_LOG_S"] == "0"

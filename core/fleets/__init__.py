@@ -5,14 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.aws.clients import AwsClients
+from core.config import RunConfig
 from core.fleets.base import FleetBackend, FleetRequest
 from core.fleets.local import LocalFleet
+from core.fleets.spot_fleet import SpotFleet
 
-BACKENDS: dict[str, Callable[[AwsClients], FleetBackend]] = {"local": LocalFleet.from_clients}
+BACKENDS: dict[str, Callable[[AwsClients, RunConfig | None], FleetBackend]] = {
+    "local": LocalFleet.from_clients,
+    "spot-fleet": SpotFleet.from_clients,
+}
 
 
-def fleet_backend(name: str, clients: AwsClients) -> FleetBackend:
-    return BACKENDS[name](clients)
+def fleet_backend(clients: AwsClients, config: RunConfig) -> FleetBackend:
+    """The backend the config names, set up for that config."""
+    return BACKENDS[config.fleet.backend](clients, config)
 
 
-__all__ = ["BACKENDS", "FleetBackend", "FleetRequest", "LocalFleet", "fleet_backend"]
+__all__ = ["BACKENDS", "FleetBackend", "FleetRequest", "LocalFleet", "SpotFleet", "fleet_backend"]

@@ -31,6 +31,10 @@ class FleetBackend(Protocol):
         """The handle of a run's fleet from the run id alone, for cleanup after a crash."""
         ...
 
+    def preflight(self) -> object:
+        """Check the fleet's settings before anything exists; raises ConfigError with every problem."""
+        ...
+
     def start(self, request: FleetRequest) -> FleetHandle:
         """Start the workers and return at once, without waiting for them to take jobs.
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from core.aws.clients import AwsClients
-from core.errors import FleetError
+from core.config import RunConfig
+from core.errors import ConfigError, FleetError
 from core.fleets.base import FleetRequest
 from core.models import FleetHandle, FleetStatus
 
@@ -57,12 +58,20 @@ def _signal(pid: int, signum: int) -> None:
 class LocalFleet:
     """Runs workers as processes on this machine; `credentials` is the AWS environment they get."""
 
-    def __init__(self, credentials: dict[str, str], state_root: Path | None = None) -> None:
+    def __init__(
+        self, credentials: dict[str, str], state_root: Path | None = None, workdir: Path | None = None
+    ) -> None:
         self._credentials = credentials
         self._state_root = state_root or default_state_root()
+        self._workdir = workdir
+
+    def preflight(self) -> None:
+        """Raises ConfigError when the workers' folder does not exist."""
+        if self._workdir is not None and not self._workdir.is_dir():
+            raise ConfigError(f"fleet.local_workdir: {self._workdir} is not a folder")
 
     @classmethod
-    def from_clients(cls, clients: AwsClients) -> LocalFleet:
+    def from_clients(cls, clients: AwsClients, config: RunConfig | None = None) -> LocalFleet:
         """Workers get the flow's own credentials and endpoint (the process environment, never a log)."""
         environment: dict[str, str] = {}
         credentials = clients.session.get_credentials()
@@ -73,7 +82,7 @@ class LocalFleet:
                 environment["AWS_SESSION_TOKEN"] = frozen.token
         if clients.endpoint_url:
             environment["AWS_ENDPOINT_URL"] = clients.endpoint_url
-        return cls(environment)
+        return cls(environment, workdir=config.fleet.local_workdir if config else None)
 
     def handle_for(self, run_id: str, workers: int = 0) -> FleetHandle:
         return FleetHandle(backend="local", id=str(self._state_root / run_id), workers=workers)

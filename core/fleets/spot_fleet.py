@@ -127,6 +127,8 @@ class SpotFleetSettings(BaseModel):
             cpu_units=config.container.cpu_units,
             memory_mib=config.container.memory_mib,
             log_group=config.log_group_name or config.app_name,
+            task_role_arn=fleet.task_role_arn,
+            capacity_wait_s=fleet.capacity_wait_s,
             fleet_lifetime_s=config.monitor.max_run_time_s,
         )
 
@@ -302,13 +304,10 @@ class SpotFleet:
             cluster = tags.get(TAG_CLUSTER, "")
         return FleetHandle(backend=BACKEND, id=f"{cluster}/{run_id}", workers=workers)
 
-    def start(self, request: FleetRequest) -> FleetHandle:
-        """Cluster, task definition, service, fleet; waits (bounded) for machines, then asks for
-        machines × tasks_per_machine workers. Idempotent: a second start updates the service in place
-        and reuses the run's fleet request. `request.workers` is not used: the settings decide.
+    def preflight(self) -> dict[str, Any]:
+        """Check the fleet file and the sizes before anything is created; returns the fleet file.
 
-        Raises ConfigError for a fleet file or sizes that cannot work (nothing is created then) and
-        FleetError when EC2 refuses the fleet (it is cancelled; stop removes the rest).
+        Raises ConfigError listing every problem, each with its fix.
         """
         settings = self._require_settings()
         fleet_file = load_fleet_file(settings.fleet_file)
@@ -319,6 +318,18 @@ class SpotFleet:
         problems = validate_spot_fleet(settings, fleet_file, sizes)
         if problems:
             raise ConfigError("The spot-fleet settings cannot work:\n" + "\n".join(f"  - {p}" for p in problems))
+        return fleet_file
+
+    def start(self, request: FleetRequest) -> FleetHandle:
+        """Cluster, task definition, service, fleet; waits (bounded) for machines, then asks for
+        machines × tasks_per_machine workers. Idempotent: a second start updates the service in place
+        and reuses the run's fleet request. `request.workers` is not used: the settings decide.
+
+        Raises ConfigError for a fleet file or sizes that cannot work (nothing is created then) and
+        FleetError when EC2 refuses the fleet (it is cancelled; stop removes the rest).
+        """
+        settings = self._require_settings()
+        fleet_file = self.preflight()
         run_id, name, cluster = request.run_id, resource_name(request.run_id), settings.ecs_cluster
         tags = {TAG_APP: settings.app_name, TAG_RUN_ID: run_id, TAG_CREATED_BY: CREATED_BY}
         logs_api.ensure_log_group(self._logs, settings.log_group, LOG_RETENTION_DAYS, tags)

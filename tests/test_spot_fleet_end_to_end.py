@@ -1,0 +1,126 @@
+"""The `spot-fleet` backend end to end on a moto server, from setup to nothing left.
+
+moto starts no containers: an ECS service's tasks never run there. So this test stands in for
+ECS: once the run's task definition exists, it starts worker processes with exactly the
+environment that task definition gives its container (plus the emulator's endpoint and
+credentials, which a container gets from its task role). Everything else is the real flow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from core.models import RunSummary
+from tests.test_flow_end_to_end import BROKEN_WELL, BUCKET, upload_inputs, write_batch
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+REPO = Path(__file__).resolve().parents[1]
+FLEET_FILE = REPO / "deployments" / "aws" / "fleet.example.json"
+
+
+def container_environment(ecs, family: str) -> dict[str, str]:
+    definition = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
+    (container,) = definition["containerDefinitions"]
+    return {pair["name"]: pair["value"] for pair in container["environment"]}
+
+
+def test_a_spot_fleet_batch_runs_to_completion_and_leaves_nothing_behind(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    upload_inputs()
+    config_path = write_batch(
+        tmp_path,
+        app_name="e2e-spot",
+        fleet={
+            "backend": "spot-fleet",
+            "fleet_file": str(FLEET_FILE),
+            "machines": 2,
+            "tasks_per_machine": 1,
+            "machine_types": ["m5.large"],
+            "ebs_volume_gb": 30,
+            "ecs_cluster": "e2e-cluster",
+            "task_role_arn": "arn:aws:iam::123456789012:role/e2e-task-role",
+            "capacity_wait_s": 5,
+        },
+        container={"image": "example/worker:1", "cpu_units": 1024, "memory_mib": 2048},
+    )
+    config = yaml.safe_load(config_path.read_text())
+    assert config["fleet"]["backend"] == "spot-fleet"
+
+    from flows.distributed import distributed
+
+    outcome: dict[str, object] = {}
+    flow_thread = threading.Thread(
+        target=lambda: outcome.update(summary=distributed(config=str(config_path), return_state=True).result()),
+        daemon=True,
+    )
+    flow_thread.start()
+
+    ecs = boto3.client("ecs")
+    deadline = time.monotonic() + 120
+    families: list[str] = []
+    while not families:
+        assert time.monotonic() < deadline and flow_thread.is_alive(), "no task definition appeared"
+        families = [arn.rsplit("/", 1)[-1].split(":")[0] for arn in ecs.list_task_definitions()["taskDefinitionArns"]]
+        time.sleep(0.5)
+    environment = container_environment(ecs, families[0])
+    assert "AWS_SECRET_ACCESS_KEY" not in environment and "AWS_ACCESS_KEY_ID" not in environment
+    assert environment["DISTRIBUTED_SPOT_WATCH"] == "true"
+
+    containers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "worker"],
+            cwd=tmp_path,  # the image's working directory, where the job's program lives
+            env={
+                **os.environ,
+                **environment,
+                "DISTRIBUTED_SPOT_WATCH": "false",  # no instance metadata service on this machine
+                "AWS_ENDPOINT_URL": moto_endpoint,
+                "PYTHONPATH": str(REPO),
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    try:
+        flow_thread.join(timeout=240)
+        assert not flow_thread.is_alive(), "the flow did not finish"
+    finally:
+        for container in containers:
+            container.kill()
+            container.wait()
+
+    summary = outcome["summary"]
+    assert isinstance(summary, RunSummary)
+    assert (summary.total, summary.succeeded) == (6, 5)
+    assert [dead.fields for dead in summary.failed] == [{"well": BROKEN_WELL}]
+    assert summary.resources_left == []
+
+    ec2 = boto3.client("ec2")
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+    active = [
+        request
+        for request in ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+        if request["SpotFleetRequestState"] in {"submitted", "active", "modifying"}
+    ]
+    assert active == []
+    assert ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"] == []
+    clusters = ecs.describe_clusters(clusters=["e2e-cluster"])["clusters"]
+    assert all(cluster["status"] == "INACTIVE" for cluster in clusters)
+    running = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    assert [i for r in running["Reservations"] for i in r["Instances"]] == []
+    saved = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"runs/{summary.run_id}/summary.json")["Body"].read()
+    assert json.loads(saved)["succeeded"] == 5
