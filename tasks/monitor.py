@@ -56,13 +56,22 @@ def monitor_run(
     def count_accounted(snapshot: RunSnapshot) -> int:
         return len(read_outcomes(s3_client, resources)) + snapshot.dead
 
+    busy_when_drained: list[int] = []
+
+    def on_snapshot(snapshot: RunSnapshot) -> None:
+        progress(snapshot)
+        # Nothing waits: the fleet shrinks to the running jobs (one fleet call per change, not per poll).
+        if snapshot.visible == snapshot.delayed == 0 and busy_when_drained[-1:] != [snapshot.in_flight]:
+            busy_when_drained.append(snapshot.in_flight)
+            backend.scale_in(fleet, snapshot.in_flight)
+
     final = wait_for_completion(
         read_snapshot,
         count_accounted,
         settings=config.monitor,
         clock=time.monotonic,
         sleep=time.sleep,
-        on_snapshot=progress,
+        on_snapshot=on_snapshot,
     )
     return final
 

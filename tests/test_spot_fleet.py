@@ -502,3 +502,15 @@ def test_stop_keeps_a_cluster_the_run_did_not_create(tmp_path: Path) -> None:
     fleet = backend(settings(tmp_path))
     fleet.stop(start(fleet))
     assert ecs.describe_cluster(boto3.client("ecs"), "demo-cluster") is not None
+
+
+def test_scale_in_lowers_the_target_to_the_machines_running_jobs_and_never_raises_it(tmp_path: Path) -> None:
+    fleet = backend(settings(tmp_path, machines=3, tasks_per_machine=2))
+    handle = start(fleet)
+    [record] = ec2.tagged_fleets(boto3.client("ec2"), {"run-id": "r1"})
+    fleet.scale_in(handle, busy_jobs=3)  # 3 jobs on 2 containers per machine: 2 machines
+    assert ec2.fleet_state(boto3.client("ec2"), record.id).target == 2
+    fleet.scale_in(handle, busy_jobs=6)
+    assert ec2.fleet_state(boto3.client("ec2"), record.id).target == 2
+    fleet.scale_in(handle, busy_jobs=0)
+    assert ec2.fleet_state(boto3.client("ec2"), record.id).target == 0

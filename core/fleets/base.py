@@ -51,6 +51,10 @@ class FleetBackend(Protocol):
         """How many workers were asked for, and how many are alive now."""
         ...
 
+    def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
+        """No job waits any more: shrink to what `busy_jobs` occupy, never stopping a busy worker."""
+        ...
+
     def stop(self, handle: FleetHandle) -> None:
         """Stop every worker of the fleet; stopping a stopped fleet does nothing."""
         ...

@@ -132,6 +132,10 @@ class LocalFleet:
             path.name for path in self._state_root.iterdir() if self.status(self.handle_for(path.name)).running
         )
 
+    def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
+        """Nothing to do: local workers exit by themselves once the queue has drained for
+        monitor.worker_idle_exit_s, and signalling one could interrupt its job."""
+
     def status(self, handle: FleetHandle) -> FleetStatus:
         return FleetStatus(target=handle.workers, running=sum(_is_running(pid) for pid in self._pids(handle)))
 

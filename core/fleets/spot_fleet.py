@@ -409,6 +409,17 @@ class SpotFleet:
         ec2_api.set_target_capacity(self._ec2, fleets[0].id, math.ceil(workers / settings.tasks_per_machine))
         ecs_api.set_desired_count(self._ecs, cluster, resource_name(run_id), workers)
 
+    def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
+        """Once no job waits, lower the fleet's target to the machines the running jobs occupy, as
+        Distributed-Something's monitor did. noTermination: no busy machine is stopped; the target
+        only ever goes down here."""
+        settings = self._require_settings()
+        _, run_id = _parse(handle)
+        wanted = math.ceil(busy_jobs / settings.tasks_per_machine)
+        for fleet in self._fleets(run_id):
+            if wanted < ec2_api.fleet_state(self._ec2, fleet.id).target:
+                ec2_api.set_target_capacity(self._ec2, fleet.id, wanted)
+
     def running_fleets(self) -> list[str]:
         """Run ids of every active fleet request this package made."""
         fleets = ec2_api.tagged_fleets(self._ec2, {TAG_CREATED_BY: CREATED_BY})
