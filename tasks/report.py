@@ -36,6 +36,11 @@ def summarize_run(
     )
 
 
+# The artifact carries the RunSummary as JSON, read back through the API; a run with thousands of
+# dead jobs keeps the full list in S3 and in the dead-jobs table.
+MAX_DEAD_JOBS_SHOWN = 100
+
+
 def _console_links(config: RunConfig, resources: RunResources) -> list[str]:
     """Links to the run's resources in the AWS console (none on an emulator)."""
     region = config.region
@@ -81,6 +86,15 @@ def _markdown(summary: RunSummary, config: RunConfig, resources: RunResources, o
         lines.append(f"Kept on purpose: {', '.join(summary.resources_kept)}.")
     if summary.error:
         lines += ["", f"**The run stopped early:** {summary.error}"]
+    shown = summary.model_copy(update={"failed": summary.failed[:MAX_DEAD_JOBS_SHOWN]})
+    more = len(summary.failed) - len(shown.failed)
+    lines += [
+        "",
+        "The RunSummary" + (f" ({more} more dead jobs in `summary.json`)" if more else "") + ":",
+        "```json",
+        shown.model_dump_json(indent=1),
+        "```",
+    ]
     return "\n".join(lines)
 
 

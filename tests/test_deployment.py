@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from core.emulator import free_port
+from core.models import RunSummary
 from deployments.local_stack import PREFECT, REPO, LocalStack, local_stack
 
 DEMO_CONFIG = "deployments/demo/config.yaml"
@@ -99,13 +100,14 @@ def test_a_deployment_run_from_the_cli_completes_with_its_summary_and_artifacts(
         assert f"distributed.run.{milestone}" in result.stdout  # --watch prints the run's events
     assert {"distributed", "app:demo-stats"} <= set(flow_run.tags)
 
-    summary = json.loads(
-        aws(stack, "s3").get_object(Bucket="distributed-demo", Key=f"runs/{flow_run.id}/summary.json")["Body"].read()
-    )
-    assert (summary["total"], summary["succeeded"], len(summary["failed"])) == (100, 99, 1)
-    assert summary["resources_left"] == []
     artifacts = read_artifacts(stack, str(flow_run.id))
-    assert "| succeeded | 99 |" in str(artifacts["run-summary"])
+    markdown = str(artifacts["run-summary"])
+    assert "| succeeded | 99 |" in markdown
+    summary = RunSummary.model_validate_json(markdown.split("```json", 1)[1].split("```", 1)[0])
+    assert (summary.total, summary.succeeded, len(summary.failed)) == (100, 99, 1)
+    assert summary.resources_left == [] and summary.run_id == str(flow_run.id)
+    saved = aws(stack, "s3").get_object(Bucket="distributed-demo", Key=f"runs/{flow_run.id}/summary.json")
+    assert RunSummary.model_validate_json(saved["Body"].read()) == summary
     assert "P2" in str(artifacts["dead-jobs"])
     assert aws(stack, "sqs").list_queues().get("QueueUrls", []) == []
 
