@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test serve install clean
+.PHONY: demo test serve bench install clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ serve: $(STAMP)
 ## Run the test suite.
 test: $(STAMP)
 	$(PY) -m pytest
+
+## Run every benchmark and print its figures (about 10 minutes); BENCH_ARGS=--write-readme also puts them in benchmarks/README.md.
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache *.egg-info

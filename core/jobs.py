@@ -4,27 +4,53 @@ A job file holds keys shared by every job plus a `groups` list: one job per elem
 keys added to (and overriding) the shared ones. Keys containing `_comment` are dropped. Two keys
 have a meaning of their own: `inputs` (S3 keys in the input bucket, a string or a list) and `output`
 (the S3 prefix the job's results go to). Both may use `{field}` placeholders filled from the job.
+
+A batch of a million jobs is normal, so JSON job files are streamed: their memory does not grow with
+the number of jobs (see `_read_json`). YAML job files are loaded whole: PyYAML cannot stream one
+element of a list at a time, and a file that large is JSON in practice.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shlex
 import string
+from array import array
+from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import ijson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 262_144  # SQS's limit for one message
 COMMAND_PLACEHOLDERS = ("input_dir", "output_dir", "job_id")
 RESERVED_KEYS = ("inputs", "output")
+
+# ijson uses its C extension (yajl2_c) when it is installed and falls back to slower backends when
+# not; the result is the same, only the speed differs (about ten times), so say so once.
+if ijson.backend != "yajl2_c":
+    logger.warning("ijson's C backend is not available (using %s): large job files read slowly", ijson.backend)
+# yajl refuses integers beyond 64 bits, which JSON allows; the pure-Python backend reads them.
+_EXACT_JSON: ModuleType = ijson.get_backend("python")
+_OPENING_EVENTS = frozenset({"start_map", "start_array"})
+_CLOSING_EVENTS = frozenset({"end_map", "end_array"})
+# ijson's path to the elements of the top-level `groups` list.
+_GROUPS_ITEMS = "groups.item"
+# Encoders made once: json.dumps with options builds a new one per call, which doubles its cost.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, default=str)  # the text a job id hashes
+_BODY_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)  # ASCII-only, like json.dumps
 
 
 class Job(BaseModel):
@@ -57,19 +83,122 @@ class JobMessage(BaseModel):
 
     def body(self) -> str:
         # ASCII-only JSON: every character is one SQS accepts, and the size is exact.
-        return json.dumps(self.model_dump(mode="json"), separators=(",", ":"), sort_keys=True)
+        return _BODY_JSON.encode(self.model_dump(mode="json"))
 
 
-def _read_document(path: Path) -> Any:
+def _not_a_mapping(source: str, type_name: str) -> ConfigError:
+    return ConfigError(f"job file {source} must be a mapping with a 'groups' list, got {type_name}")
+
+
+def _no_groups(source: str) -> ConfigError:
+    return ConfigError(f"job file {source} needs a non-empty 'groups' list: one element per job")
+
+
+def _invalid(path: Path, exc: Exception) -> ConfigError:
+    return ConfigError(f"job file {path} is not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {exc}")
+
+
+def _value_events(first: tuple[str, Any], events: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """The parser events of the one JSON value that starts with `first`, taking no more from `events`."""
+    yield first
+    if first[0] not in _OPENING_EVENTS:
+        return
+    depth = 1
+    for event in events:
+        yield event
+        if event[0] in _OPENING_EVENTS:
+            depth += 1
+        elif event[0] in _CLOSING_EVENTS:
+            depth -= 1
+            if not depth:
+                return
+
+
+def _scan_json(path: Path, backend: ModuleType) -> dict[str, Any]:
+    """First pass: the top-level keys other than `groups`, with their values.
+
+    Shared keys may come before or after `groups`, so they must all be known before the first job
+    is built. The `groups` list is only walked over, never built; the parser checks the whole
+    document on the way, so the second pass meets no syntax error.
+    """
+    source = str(path)
+    shared: dict[str, Any] = {}
+    groups_is_list: bool | None = None
+    with path.open("rb") as handle:
+        events = iter(backend.basic_parse(handle, use_float=True))
+        kind, value = next(events)
+        if kind != "start_map":
+            raise _not_a_mapping(source, "list" if kind == "start_array" else type(value).__name__)
+        for kind, key in events:
+            if kind == "end_map":
+                break
+            start = next(events)
+            if key == "groups":
+                if groups_is_list is not None:
+                    raise ConfigError(f"job file {source} has more than one 'groups' key")
+                groups_is_list = start[0] == "start_array"
+                deque(_value_events(start, events), maxlen=0)
+            else:
+                builder = ijson.ObjectBuilder()
+                for event in _value_events(start, events):
+                    builder.event(*event)
+                shared[key] = builder.value
+        deque(events, maxlen=0)  # the parser refuses anything after the document
+    if _GROUPS_ITEMS in shared:
+        # The second pass finds the jobs by this path, so this key's value would be read as a job.
+        raise ConfigError(f"job file {source}: the top-level key '{_GROUPS_ITEMS}' is not allowed")
+    if not groups_is_list:
+        raise _no_groups(source)
+    return shared
+
+
+def _scan_json_any(path: Path) -> tuple[dict[str, Any], ModuleType]:
+    """The first pass with the fastest backend that can read the file, and that backend."""
+    try:
+        return _scan_json(path, ijson), ijson
+    except ijson.JSONError as exc:
+        if "integer overflow" not in str(exc):
+            raise _invalid(path, exc) from None
+    try:
+        return _scan_json(path, _EXACT_JSON), _EXACT_JSON
+    except ijson.JSONError as exc:
+        raise _invalid(path, exc) from None
+
+
+def _json_groups(path: Path, backend: ModuleType) -> Iterator[Any]:
+    """Second pass: the elements of `groups`, one at a time."""
+    with path.open("rb") as handle:
+        try:
+            yield from backend.items(handle, _GROUPS_ITEMS, use_float=True)
+        except ijson.JSONError as exc:  # the file changed since the first pass
+            raise _invalid(path, exc) from None
+
+
+def _read_json(path: Path) -> tuple[dict[str, Any], Iterator[Any]]:
+    """The shared keys, and the groups as a stream: two passes over the file, neither holding it whole."""
+    shared, backend = _scan_json_any(path)
+    return shared, _json_groups(path, backend)
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], Iterator[Any]]:
+    """The shared keys and the groups of a YAML job file, which is loaded whole."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise _invalid(path, exc) from None
+    if not isinstance(document, dict):
+        raise _not_a_mapping(str(path), type(document).__name__)
+    groups = document.get("groups")
+    if not isinstance(groups, list):
+        raise _no_groups(str(path))
+    return {key: value for key, value in document.items() if key != "groups"}, iter(groups)
+
+
+def _read_job_file(path: Path) -> tuple[dict[str, Any], Iterator[Any]]:
+    """The keys shared by every job, and the groups; raises ConfigError when the file is no job file."""
     if not path.is_file():
         raise ConfigError(f"job file {path} does not exist (set job_file in the config)")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"job file {path} is not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {exc}") from None
+    return _read_json(path) if path.suffix.lower() == ".json" else _read_yaml(path)
 
 
 def _without_comments(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -89,48 +218,68 @@ def _placeholders(template: str) -> set[str]:
     return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def _build_job(index: int, shared: dict[str, Any], group: Any, command: str, source: str) -> Job:
-    where = f"{source}: groups[{index}]"
-    if not isinstance(group, dict):
-        raise ConfigError(f"{where} must be a mapping of fields, got {type(group).__name__}")
-    merged = {**shared, **_without_comments(group)}
-    fields = {key: value for key, value in merged.items() if key not in RESERVED_KEYS}
-    raw_inputs = merged.get("inputs", [])
-    if isinstance(raw_inputs, str):
-        raw_inputs = [raw_inputs]
-    if not isinstance(raw_inputs, list) or not all(isinstance(item, str) for item in raw_inputs):
-        raise ConfigError(f"{where}: 'inputs' must be an S3 key or a list of S3 keys")
-    output = merged.get("output")
-    if not isinstance(output, str) or not output.strip("/"):
-        raise ConfigError(
-            f"{where}: 'output' (the S3 prefix for the job's results) is missing; "
-            "add it to the group or the shared keys"
+@dataclass(frozen=True)
+class _JobBuilder:
+    """Builds and validates each job of one file; what is the same for every job is worked out once."""
+
+    source: str
+    shared: dict[str, Any]
+    command_fields: frozenset[str]  # the job fields the command's placeholders need
+
+    @classmethod
+    def for_file(cls, source: str, shared: dict[str, Any], command: str) -> _JobBuilder:
+        return cls(
+            source=source,
+            shared=_without_comments(shared),
+            command_fields=frozenset(_placeholders(command) - set(COMMAND_PLACEHOLDERS)),
         )
-    inputs = tuple(_fill(item, fields, f"{where} inputs") for item in raw_inputs)
-    job_output = _fill(output, fields, f"{where} output").strip("/")
-    missing = _placeholders(command) - set(fields) - set(COMMAND_PLACEHOLDERS)
-    if missing:
-        raise ConfigError(
-            f"{where}: the command uses {{{sorted(missing)[0]}}}, which this job does not define; "
-            "add it to the group or the shared keys"
-        )
-    canonical = json.dumps({"fields": fields, "inputs": inputs, "output": job_output}, sort_keys=True, default=str)
-    job_id = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    return Job(job_id=job_id, index=index, fields=fields, inputs=inputs, output=job_output)
+
+    def build(self, index: int, group: Any) -> Job:
+        where = f"{self.source}: groups[{index}]"
+        if not isinstance(group, dict):
+            raise ConfigError(f"{where} must be a mapping of fields, got {type(group).__name__}")
+        merged = {**self.shared, **_without_comments(group)}
+        fields = {key: value for key, value in merged.items() if key not in RESERVED_KEYS}
+        odd_key = next((key for key in fields if not isinstance(key, str)), None)
+        if odd_key is not None:  # YAML allows them; a field is a name
+            raise ConfigError(f"{where}: field name {odd_key!r} must be a string")
+        raw_inputs = merged.get("inputs", [])
+        if isinstance(raw_inputs, str):
+            raw_inputs = [raw_inputs]
+        if not isinstance(raw_inputs, list) or not all(isinstance(item, str) for item in raw_inputs):
+            raise ConfigError(f"{where}: 'inputs' must be an S3 key or a list of S3 keys")
+        output = merged.get("output")
+        if not isinstance(output, str) or not output.strip("/"):
+            raise ConfigError(
+                f"{where}: 'output' (the S3 prefix for the job's results) is missing; "
+                "add it to the group or the shared keys"
+            )
+        inputs = tuple(_fill(item, fields, f"{where} inputs") for item in raw_inputs)
+        job_output = _fill(output, fields, f"{where} output").strip("/")
+        missing = self.command_fields.difference(fields)
+        if missing:
+            raise ConfigError(
+                f"{where}: the command uses {{{min(missing)}}}, which this job does not define; "
+                "add it to the group or the shared keys"
+            )
+        canonical = _CANONICAL_JSON.encode({"fields": fields, "inputs": inputs, "output": job_output})
+        job_id = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return Job(job_id=job_id, index=index, fields=fields, inputs=inputs, output=job_output)
 
 
 def iter_jobs(path: Path, command: str) -> Iterator[Job]:
-    """Yield the jobs of a job file in order, validating each one (raises ConfigError)."""
-    document = _read_document(path)
-    source = str(path)
-    if not isinstance(document, dict):
-        raise ConfigError(f"job file {source} must be a mapping with a 'groups' list, got {type(document).__name__}")
-    shared = _without_comments({k: v for k, v in document.items() if k != "groups"})
-    groups = document.get("groups")
-    if not isinstance(groups, list) or not groups:
-        raise ConfigError(f"job file {source} needs a non-empty 'groups' list: one element per job")
+    """Yield the jobs of a job file in order, validating each one (raises ConfigError).
+
+    A JSON file is streamed, so memory stays flat however many jobs it holds; a YAML file is
+    loaded whole.
+    """
+    shared, groups = _read_job_file(path)
+    builder = _JobBuilder.for_file(str(path), shared, command)
+    index = -1
     for index, group in enumerate(groups):
-        yield _build_job(index, shared, group, command, source)
+        yield builder.build(index, group)
+    if index < 0:
+        raise _no_groups(str(path))
 
 
 class JobFileCheck(BaseModel):
@@ -151,6 +300,59 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _SeenIds:
+    """The job ids met so far, as 64-bit integers in one open-addressing table (an `array('Q')`).
+
+    A job id is 16 hex digits, so it fits one unsigned 64-bit integer exactly. A set of a million id
+    strings costs over 100 MB and a set of ints about 60 MB; this table costs 16 to 32 bytes per id
+    (8-byte slots, at most half full). Ids are sha256 prefixes, evenly spread, so probing from
+    their low bits is enough. Slot value 0 means empty, so the id 0 is remembered apart.
+    """
+
+    _INITIAL_SLOTS = 1 << 12
+
+    def __init__(self) -> None:
+        self._slots = array("Q", bytes(8 * self._INITIAL_SLOTS))
+        self._count = 0
+        self._zero_seen = False
+
+    def add(self, job_id: str) -> bool:
+        """Remember the id; False when it was already there."""
+        value = int(job_id, 16)
+        if value == 0:
+            seen, self._zero_seen = self._zero_seen, True
+            return not seen
+        if 2 * (self._count + 1) > len(self._slots):
+            self._grow()
+        if not self._insert(self._slots, value):
+            return False
+        self._count += 1
+        return True
+
+    @staticmethod
+    def _insert(slots: array[int], value: int) -> bool:
+        mask = len(slots) - 1
+        slot = value & mask
+        while (current := slots[slot]) != 0:
+            if current == value:
+                return False
+            slot = (slot + 1) & mask
+        slots[slot] = value
+        return True
+
+    def _grow(self) -> None:
+        slots = array("Q", bytes(16 * len(self._slots)))
+        for value in self._slots:
+            if value:
+                self._insert(slots, value)
+        self._slots = slots
+
+
+def _first_index(path: Path, command: str, job_id: str) -> int:
+    """The index of the first job with this id: a second pass, made only when a duplicate is found."""
+    return next(job.index for job in iter_jobs(path, command) if job.job_id == job_id)
+
+
 def check_jobs(path: Path, command: str) -> JobFileCheck:
     """Validate a whole job file: fields, templates, duplicates and message size. Raises ConfigError.
 
@@ -161,18 +363,20 @@ def check_jobs(path: Path, command: str) -> JobFileCheck:
         shlex.split(command)
     except ValueError as exc:
         raise ConfigError(f"config.command is not a valid command line: {exc}") from None
-    seen: dict[str, int] = {}
+    seen = _SeenIds()
+    count = 0
     for job in iter_jobs(path, command):
-        if job.job_id in seen:
-            raise ConfigError(f"{path}: groups[{job.index}] repeats groups[{seen[job.job_id]}]; every job must differ")
-        seen[job.job_id] = job.index
+        if not seen.add(job.job_id):
+            first = _first_index(path, command, job.job_id)
+            raise ConfigError(f"{path}: groups[{job.index}] repeats groups[{first}]; every job must differ")
+        count += 1
         size = len(JobMessage.for_job(job, run_id="0" * 36).body().encode())
         if size > MAX_MESSAGE_BYTES:
             raise ConfigError(
                 f"{path}: groups[{job.index}] makes a {size:,}-byte message; SQS takes at most "
                 f"{MAX_MESSAGE_BYTES:,} bytes. Move large values to S3 and pass their keys."
             )
-    return JobFileCheck(path=path, count=len(seen), sha256=fingerprint(path))
+    return JobFileCheck(path=path, count=count, sha256=fingerprint(path))
 
 
 def reread_jobs(checked: JobFileCheck, command: str) -> Iterator[Job]:

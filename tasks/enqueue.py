@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.aws import s3, sqs
+from core.aws import s3
+from core.aws.sqs_send import send_messages_concurrently
 from core.batch import Batch
 from core.config import RunConfig
 from core.jobs import JobMessage
@@ -29,7 +30,7 @@ def enqueue_jobs(config: RunConfig, resources: RunResources, urls: QueueUrls, ba
         return EnqueueResult(sent=0, total=batch.count)
     # Streamed from the file: a million jobs never sit in memory at once.
     bodies = (JobMessage.for_job(job, resources.run_id).body() for job in batch.jobs(config.command))
-    sent = sqs.send_messages(clients.client("sqs"), urls.queue_url, bodies)
+    sent = send_messages_concurrently(clients.client("sqs"), urls.queue_url, bodies)
     s3.put_json(s3_client, resources.records_bucket, marker, {"jobs": sent})
     logger.info("Enqueued %d jobs into %s", sent, resources.queue_name)
     return EnqueueResult(sent=sent, total=batch.count)

@@ -123,3 +123,79 @@ def test_a_checked_file_is_read_again_only_while_unchanged(tmp_path: Path) -> No
     write(tmp_path, {"output": "o/{w}", "groups": [{"w": 1}, {"w": 3}]})
     with pytest.raises(ConfigError, match="changed after it was validated"):
         reread_jobs(checked, "run")
+
+
+def test_shared_keys_after_groups_apply_to_every_job(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.json"
+    path.write_text('{"groups": [{"w": 1}, {"w": 2}], "output": "o/{w}", "pipeline": "p"}')
+    jobs = load_jobs(path, "run {pipeline}")
+    assert [job.output for job in jobs] == ["o/1", "o/2"]
+    assert all(job.fields["pipeline"] == "p" for job in jobs)
+
+
+def test_a_streamed_json_file_gives_the_same_jobs_as_the_same_file_in_yaml(tmp_path: Path) -> None:
+    document = {
+        "_comment": "x",
+        "output": "o/{w}",
+        "inputs": ["in/{w}.csv"],
+        "nested": {"list": [1, 2.5, None, True, "é"], "map": {"b": 1, "a": [{"c": -0.5}]}},
+        "big": 2**70,  # beyond 64 bits: the C parser refuses it, the pure-Python one reads it
+        "groups": [{"w": 1, "ratio": 0.1}, {"w": "two", "flag": False, "none": None}, {"w": 3, "exp": 1.5e-7}],
+    }
+    from_json = load_jobs(write(tmp_path, document), "run")
+    from_yaml = load_jobs(write(tmp_path, json.dumps(document), name="jobs.yaml"), "run")  # JSON is YAML
+    assert from_json == from_yaml
+    assert from_json[0].fields["big"] == 2**70 and from_json[0].fields["ratio"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"output": "o", "groups": [{"w": 1}]} trailing', "is not valid JSON"),
+        ('{"output": "o", "groups": [{"w": 1},]}', "is not valid JSON"),
+        ("", "is not valid JSON"),
+        ('[{"w": 1}]', "must be a mapping with a 'groups' list, got list"),
+        ('"groups"', "must be a mapping with a 'groups' list, got str"),
+        ('{"output": "o", "groups": {"w": 1}}', "needs a non-empty 'groups' list"),
+        ('{"output": "o", "groups": []}', "needs a non-empty 'groups' list"),
+        ('{"output": "o", "groups": [{"w": 1}], "groups": [{"w": 2}]}', "more than one 'groups' key"),
+        ('{"output": "o/{w}", "groups.item": {"w": 9}, "groups": [{"w": 1}]}', "'groups.item' is not allowed"),
+    ],
+)
+def test_a_malformed_json_job_file_is_refused_before_any_job(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "jobs.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        next(iter_jobs(path, "run"))
+
+
+def test_a_yaml_field_name_that_is_not_a_string_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text("output: o/{w}\ngroups:\n  - w: 1\n    7: seven\n")
+    with pytest.raises(ConfigError, match=r"groups\[0\]: field name 7 must be a string"):
+        load_jobs(path, "run")
+
+
+def test_a_duplicate_far_down_a_large_file_names_both_groups(tmp_path: Path) -> None:
+    groups: list[dict[str, object]] = [{"w": n} for n in range(5_000)]  # enough for the id table to grow
+    groups.append({"w": 4_321})
+    with pytest.raises(ConfigError, match=r"groups\[5000\] repeats groups\[4321\]"):
+        check_jobs(write(tmp_path, {"output": "o/{w}", "groups": groups}), "run")
+
+
+def test_checking_keeps_memory_flat_however_many_jobs(tmp_path: Path) -> None:
+    """The file is streamed and no job outlives its check: the peak does not grow with the file."""
+    import tracemalloc
+
+    def peak_bytes(count: int) -> int:
+        path = write(tmp_path, {"output": "o/{w}", "groups": [{"w": n, "pad": "x" * 10_000} for n in range(count)]})
+        tracemalloc.start()
+        try:
+            check_jobs(path, "run")
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak_bytes(200), peak_bytes(800)  # files of 2 MB and 8 MB
+    assert large - small < 100_000
+    assert large < 2_500_000  # `fingerprint` reads 1 MiB blocks (2 MB at its peak); json.load would hold 8 MB

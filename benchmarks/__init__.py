@@ -1,0 +1,1 @@
+"""Benchmarks of the control plane against Distributed-Something's method: see README.md here."""
