@@ -194,6 +194,17 @@ def write_script(tmp_path: Path, name: str, *lines: str) -> str:
     return f"{PYTHON} {shlex.quote(str(path))}"
 
 
+def write_sleepy_program(tmp_path: Path) -> str:
+    """A program that marks the file named by its argument once started, then sleeps for minutes."""
+    return write_script(
+        tmp_path,
+        "sleepy.py",
+        "import pathlib, sys, time",
+        "pathlib.Path(sys.argv[1]).write_text('yes')",
+        "time.sleep(300)",
+    )
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -392,13 +403,7 @@ def test_sigterm_stops_the_program_and_hands_the_job_back_at_once(make_stack: Ma
     stack = make_stack(visibility_timeout_s=300)
     stack.send_job("job-sleepy")
     started = tmp_path / "started"
-    program = write_script(
-        tmp_path,
-        "sleepy.py",
-        "import pathlib, sys, time",
-        "pathlib.Path(sys.argv[1]).write_text('yes')",
-        "time.sleep(300)",
-    )
+    program = write_sleepy_program(tmp_path)
     worker = stack.start_worker(f"{program} {shlex.quote(str(started))}", visibility_timeout_s=300)
     wait_until(started.exists, 15, "the program started")
     assert stack.counts() == (0, 1, 0)
@@ -563,13 +568,7 @@ def test_a_spot_interruption_notice_stops_the_worker_and_hands_the_job_back_at_o
     stack = make_stack(visibility_timeout_s=300)
     stack.send_job("job-on-spot")
     started = tmp_path / "started"
-    program = write_script(
-        tmp_path,
-        "sleepy.py",
-        "import pathlib, sys, time",
-        "pathlib.Path(sys.argv[1]).write_text('yes')",
-        "time.sleep(300)",
-    )
+    program = write_sleepy_program(tmp_path)
     worker = stack.start_worker(
         f"{program} {shlex.quote(str(started))}",
         visibility_timeout_s=300,
