@@ -110,7 +110,7 @@ def run_workers(jobs: int, workers: int, workdir: Path) -> WorkerRun:
                 "bucket": "bench-worker",
                 "endpoint_url": endpoint,
                 "queue": {"visibility_timeout_s": 30, "job_retries": 2, "retry_delay_s": 1},
-                "fleet": {"backend": "local", "local_workers": workers},
+                "fleet": {"backend": "local", "local_workers": workers, "local_workdir": str(workdir)},
                 "check_if_done": {"enabled": True},
                 "monitor": {"worker_idle_exit_s": 2, "worker_wait_time_s": 1},
             },
@@ -123,18 +123,11 @@ def run_workers(jobs: int, workers: int, workdir: Path) -> WorkerRun:
         bodies = (JobMessage.for_job(job, RUN_ID).body() for job in iter_jobs(job_file, config.command))
         send_messages_concurrently(aws.client("sqs"), urls.queue_url, bodies)
 
-        fleet = LocalFleet.from_clients(aws)
+        fleet = LocalFleet.from_clients(aws, config)
         with recorded_calls(endpoint) as calls:
             started_at = datetime.now(timezone.utc)  # noqa: UP017 - compared with the records' UTC times
             started = time.monotonic()
-            handle = fleet.start(
-                FleetRequest(
-                    run_id=RUN_ID,
-                    workers=workers,
-                    environment=worker_environment(config, resources, urls),
-                    workdir=workdir,
-                )
-            )
+            handle = fleet.start(FleetRequest(run_id=RUN_ID, environment=worker_environment(config, resources, urls)))
             while fleet.status(handle).running and time.monotonic() - started < WORKERS_TIMEOUT_S:
                 time.sleep(0.2)
             exit_seconds = time.monotonic() - started

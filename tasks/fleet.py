@@ -17,12 +17,7 @@ def start_fleet(config: RunConfig, resources: RunResources, urls: QueueUrls) -> 
     """Start the workers; starting again for the same run returns the running fleet."""
     logger = get_run_logger()
     backend = fleet_backend(aws_clients(config), config)
-    request = FleetRequest(
-        run_id=resources.run_id,
-        workers=config.fleet.local_workers,
-        environment=worker_environment(config, resources, urls),
-        workdir=config.fleet.local_workdir,
-    )
-    handle = backend.start(request)
+    environment = worker_environment(config, resources, urls)
+    handle = backend.start(FleetRequest(run_id=resources.run_id, environment=environment))
     logger.info("Fleet %s (%s) started with %d workers", handle.id, handle.backend, handle.workers)
     return handle

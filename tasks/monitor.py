@@ -56,13 +56,14 @@ def monitor_run(
     def count_accounted(snapshot: RunSnapshot) -> int:
         return len(read_outcomes(s3_client, resources)) + snapshot.dead
 
-    busy_when_drained: list[int] = []
+    busy_at_last_scale_in: int | None = None
 
     def on_snapshot(snapshot: RunSnapshot) -> None:
+        nonlocal busy_at_last_scale_in
         progress(snapshot)
-        # Nothing waits: the fleet shrinks to the running jobs (one fleet call per change, not per poll).
-        if snapshot.visible == snapshot.delayed == 0 and busy_when_drained[-1:] != [snapshot.in_flight]:
-            busy_when_drained.append(snapshot.in_flight)
+        # Nothing waits: the fleet shrinks to the running jobs (fleet calls on a change, not every poll).
+        if snapshot.visible == snapshot.delayed == 0 and snapshot.in_flight != busy_at_last_scale_in:
+            busy_at_last_scale_in = snapshot.in_flight
             backend.scale_in(fleet, snapshot.in_flight)
 
     final = wait_for_completion(

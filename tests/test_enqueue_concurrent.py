@@ -1,4 +1,4 @@
-"""Sending jobs with several batches in flight: same contract as `sqs.send_messages`, bounded memory."""
+"""Sending jobs with several batches in flight: same contract as `sqs.send_batch`, bounded memory."""
 
 from __future__ import annotations
 

@@ -8,19 +8,7 @@ from core.config import MonitorSettings
 from core.errors import FleetError
 from core.models import RunSnapshot
 from core.monitor import RunTimeoutError, wait_for_completion
-
-
-class Chronology:
-    """A clock that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fakes import FakeClock
 
 
 def snap(visible: int = 0, in_flight: int = 0, dead: int = 0, workers: int = 2, total: int = 10) -> RunSnapshot:
@@ -31,12 +19,12 @@ def run(readings: list[RunSnapshot], accounted: int = 10, **settings) -> tuple[R
     feed = iter(readings)
     seen: list[RunSnapshot] = []
     checks = []
-    time = Chronology()
+    time = FakeClock()
     result = wait_for_completion(
         lambda: next(feed),
         lambda s: checks.append(s) or accounted,
         settings=MonitorSettings(poll_interval_s=1, **settings),
-        clock=time.clock,
+        clock=time,
         sleep=time.sleep,
         on_snapshot=seen.append,
     )

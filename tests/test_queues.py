@@ -8,6 +8,7 @@ import boto3
 import pytest
 
 from core.aws import sqs
+from core.aws.sqs_send import send_messages_concurrently
 from core.errors import AwsOperationError
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
@@ -52,7 +53,7 @@ def test_jobs_are_sent_ten_per_call_and_each_arrives_once() -> None:
     client.meta.events.register(
         "provide-client-params.sqs.SendMessageBatch", lambda params, **_: calls.append(len(params["Entries"]))
     )
-    sent = sqs.send_messages(client, url, (json.dumps({"n": n}) for n in range(25)))
+    sent = send_messages_concurrently(client, url, (json.dumps({"n": n}) for n in range(25)), threads=1)
     assert sent == 25
     assert calls == [10, 10, 5]
     received = []
@@ -72,7 +73,7 @@ def test_an_entry_sqs_rejects_through_the_senders_fault_raises() -> None:
 
     client.meta.events.register("after-call.sqs.SendMessageBatch", lambda parsed, **kw: reject_one(parsed))
     with pytest.raises(AwsOperationError, match="SQS rejected a job message: bad"):
-        sqs.send_messages(client, url, ["a", "b"])
+        sqs.send_batch(client, url, ["a", "b"])
 
 
 def test_dead_messages_are_read_with_their_reason_and_left_in_place() -> None:

@@ -1,5 +1,5 @@
 """The spot-fleet backend against in-process moto: the fleet file, the request it becomes, its error
-events, the wait for machines, and start/resize/stop of a whole fleet."""
+events, the wait for machines, and start/scale-in/stop of a whole fleet."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from core.errors import ConfigError, FleetError
 from core.fleets import spot_fleet
 from core.fleets.base import FleetRequest
 from core.fleets.spot_fleet import MACHINE_SIZES, SpotFleet, SpotFleetSettings, resource_name, validate_spot_fleet
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 
@@ -65,26 +66,13 @@ def settings(tmp_path: Path, document: dict[str, Any] | None = None, **changes: 
     return SpotFleetSettings(**{**values, **changes})
 
 
-class FakeClock:
-    """Time that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def backend(fleet_settings: SpotFleetSettings | None, clock: FakeClock | None = None) -> SpotFleet:
     clock = clock or FakeClock()
     return SpotFleet(AwsClients(boto3.session.Session(), "us-east-1"), fleet_settings, clock=clock, sleep=clock.sleep)
 
 
 def start(fleet: SpotFleet, run_id: str = "r1") -> Any:
-    return fleet.start(FleetRequest(run_id=run_id, workers=1, environment={"DISTRIBUTED_RUN_ID": run_id}))
+    return fleet.start(FleetRequest(run_id=run_id, environment={"DISTRIBUTED_RUN_ID": run_id}))
 
 
 def inject_history(client: Any, *pages: list[dict[str, Any]]) -> None:
@@ -459,15 +447,6 @@ def test_start_refuses_settings_that_cannot_work_before_creating_anything(tmp_pa
     with pytest.raises(ConfigError, match="does not fit m5.xlarge"):
         start(backend(settings(tmp_path, memory_mib=16000)))
     assert boto3.client("ecs").list_clusters()["clusterArns"] == []
-
-
-def test_resize_changes_the_machines_and_the_workers(tmp_path: Path) -> None:
-    fleet = backend(settings(tmp_path))
-    handle = start(fleet)
-    fleet.resize(handle, 3)
-    [record] = ec2.tagged_fleets(boto3.client("ec2"), {"run-id": "r1"})
-    assert ec2.fleet_state(boto3.client("ec2"), record.id).target == 2  # 3 workers, 2 per machine
-    assert ecs.describe_service(boto3.client("ecs"), "demo-cluster", resource_name("r1"))["desiredCount"] == 3
 
 
 def test_running_fleets_lists_the_runs_with_an_active_fleet(tmp_path: Path) -> None:

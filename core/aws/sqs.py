@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from core.aws.clients import chunks, error_code, paginate
+from core.aws.clients import error_code, paginate
 from core.errors import AwsOperationError
 
 logger = logging.getLogger(__name__)
@@ -86,35 +86,27 @@ def job_queue_attributes(dead_letter_arn: str, visibility_timeout_s: int, job_re
     }
 
 
-def send_messages(sqs: BaseClient, url: str, bodies: Iterable[str]) -> int:
-    """Send every body, ten per SendMessageBatch call; returns how many were sent.
+def send_batch(sqs: BaseClient, url: str, batch: list[str]) -> int:
+    """Send up to ten bodies in one SendMessageBatch call; returns how many were sent (all of them).
 
     Entries that SQS reports as failed are sent again; an entry still failing after a few
     attempts, or one failed through the sender's fault, raises, because a job would be lost.
     """
-    sent = 0
-    for batch in chunks(bodies, BATCH_SIZE):
-        pending = {str(i): body for i, body in enumerate(batch)}
-        for _attempt in range(SEND_ATTEMPTS):
-            response = sqs.send_message_batch(
-                QueueUrl=url, Entries=[{"Id": key, "MessageBody": body} for key, body in pending.items()]
-            )
-            for ok in response.get("Successful", []):
-                pending.pop(ok["Id"])
-            sent += len(response.get("Successful", []))
-            failed = response.get("Failed", [])
-            sender_faults = [f for f in failed if f.get("SenderFault")]
-            if sender_faults:
-                raise AwsOperationError(
-                    f"SQS rejected a job message: {sender_faults[0].get('Message', sender_faults[0])}"
-                )
-            if not pending:
-                break
-        else:
-            raise AwsOperationError(
-                f"SQS failed to accept {len(pending)} job message(s) after {SEND_ATTEMPTS} attempts"
-            )
-    return sent
+    if len(batch) > BATCH_SIZE:
+        raise ValueError(f"a batch holds at most {BATCH_SIZE} messages, got {len(batch)}")
+    pending = {str(i): body for i, body in enumerate(batch)}
+    for _attempt in range(SEND_ATTEMPTS):
+        response = sqs.send_message_batch(
+            QueueUrl=url, Entries=[{"Id": key, "MessageBody": body} for key, body in pending.items()]
+        )
+        for ok in response.get("Successful", []):
+            pending.pop(ok["Id"])
+        sender_faults = [f for f in response.get("Failed", []) if f.get("SenderFault")]
+        if sender_faults:
+            raise AwsOperationError(f"SQS rejected a job message: {sender_faults[0].get('Message', sender_faults[0])}")
+        if not pending:
+            return len(batch)
+    raise AwsOperationError(f"SQS failed to accept {len(pending)} job message(s) after {SEND_ATTEMPTS} attempts")
 
 
 def queue_counts(sqs: BaseClient, url: str) -> QueueCounts:

@@ -2,8 +2,8 @@
 
 SQS is bound by round trips (tens of milliseconds per call), not by CPU: one thread sending a
 million jobs ten at a time waits 100,000 round trips end to end. Here a few threads share one
-client (boto3 clients are thread-safe) and each sends whole batches with `sqs.send_messages`, so
-the batching, the re-sending of failed entries and the errors are exactly those of that function.
+client (boto3 clients are thread-safe) and each sends whole batches with `sqs.send_batch`, so
+the re-sending of failed entries and the errors are exactly those of that function.
 
 Threads are not free either: botocore spends 1.5-2 ms of CPU per call, under one GIL, so past
 about ten threads a single process is bound by CPU (benchmarks/README.md).
@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from botocore.client import BaseClient
 
 from core.aws.clients import chunks
-from core.aws.sqs import BATCH_SIZE, send_messages
+from core.aws.sqs import BATCH_SIZE, send_batch
 
 # One thread per connection of botocore's default pool (max_pool_connections=10): a thread beyond
 # the pool would open, and then drop, a connection of its own for every call.
@@ -32,7 +32,7 @@ def send_messages_concurrently(
 ) -> int:
     """Send every body, ten per SendMessageBatch call, `threads` calls at a time; returns how many were sent.
 
-    Same contract as `sqs.send_messages`: failed entries are sent again, an entry that keeps
+    Same contract as `sqs.send_batch`: failed entries are sent again, an entry that keeps
     failing or fails through the sender's fault raises AwsOperationError, and any error raises
     (after the calls already under way have ended, so nothing is still sending when this returns).
     `bodies` is read lazily: at most `threads * (1 + QUEUED_PER_THREAD)` batches are held at once.
@@ -50,7 +50,7 @@ def send_messages_concurrently(
                 if len(pending) >= limit:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     sent += sum(future.result() for future in done)
-                pending.add(pool.submit(send_messages, sqs, url, batch))
+                pending.add(pool.submit(send_batch, sqs, url, batch))
             done, pending = wait(pending)
             sent += sum(future.result() for future in done)
         except BaseException:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,14 +10,13 @@ from core.models import FleetHandle, FleetStatus
 
 
 class FleetRequest(BaseModel):
-    """What a fleet must start: how many workers, and the environment each worker reads."""
+    """What a fleet must start for a run: the environment each worker reads. How many workers and
+    where is the backend's own config (fleet.local_workers, fleet.machines x tasks_per_machine)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     run_id: str
-    workers: int = Field(ge=1)
     environment: dict[str, str] = Field(description="Worker settings; never secrets (see worker/README.md).")
-    workdir: Path | None = Field(default=None, description="Working directory of the workers, where it applies.")
 
 
 class FleetBackend(Protocol):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core.aws.clients import AwsClients
 from core.config import RunConfig
-from core.errors import ConfigError, FleetError
+from core.errors import ConfigError
 from core.fleets.base import FleetRequest
 from core.models import FleetHandle, FleetStatus
 
@@ -59,15 +59,20 @@ class LocalFleet:
     """Runs workers as processes on this machine; `credentials` is the AWS environment they get."""
 
     def __init__(
-        self, credentials: dict[str, str], state_root: Path | None = None, workdir: Path | None = None
+        self,
+        credentials: dict[str, str],
+        state_root: Path | None = None,
+        workdir: Path | None = None,
+        workers: int = 1,
     ) -> None:
         self._credentials = credentials
         self._state_root = state_root or default_state_root()
-        self._workdir = workdir
+        self._workdir = workdir or Path.cwd()
+        self._workers = workers
 
     def preflight(self) -> None:
         """Raises ConfigError when the workers' folder does not exist."""
-        if self._workdir is not None and not self._workdir.is_dir():
+        if not self._workdir.is_dir():
             raise ConfigError(f"fleet.local_workdir: {self._workdir} is not a folder")
 
     @classmethod
@@ -82,7 +87,9 @@ class LocalFleet:
                 environment["AWS_SESSION_TOKEN"] = frozen.token
         if clients.endpoint_url:
             environment["AWS_ENDPOINT_URL"] = clients.endpoint_url
-        return cls(environment, workdir=config.fleet.local_workdir if config else None)
+        if config is None:
+            return cls(environment)
+        return cls(environment, workdir=config.fleet.local_workdir, workers=config.fleet.local_workers)
 
     def handle_for(self, run_id: str, workers: int = 0) -> FleetHandle:
         return FleetHandle(backend="local", id=str(self._state_root / run_id), workers=workers)
@@ -91,7 +98,7 @@ class LocalFleet:
         return [int(path.read_text()) for path in sorted(Path(handle.id).glob("worker-*.pid"))]
 
     def start(self, request: FleetRequest) -> FleetHandle:
-        handle = self.handle_for(request.run_id, request.workers)
+        handle = self.handle_for(request.run_id, self._workers)
         state_dir = Path(handle.id)
         if state_dir.exists() and any(_is_running(pid) for pid in self._pids(handle)):
             logger.info("Local fleet of run %s is already running", request.run_id)
@@ -106,14 +113,11 @@ class LocalFleet:
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
             "PYTHONUNBUFFERED": "1",
         }
-        workdir = request.workdir or Path.cwd()
-        if not workdir.is_dir():
-            raise FleetError(f"fleet.local_workdir {workdir} is not a folder")
-        for index in range(request.workers):
+        for index in range(self._workers):
             with open(state_dir / f"worker-{index}.log", "ab") as log:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "worker"],
-                    cwd=workdir,
+                    cwd=self._workdir,
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -121,7 +125,7 @@ class LocalFleet:
                     start_new_session=True,  # a Ctrl-C meant for the flow reaches workers through cleanup
                 )
             (state_dir / f"worker-{index}.pid").write_text(str(process.pid))
-        logger.info("Started %d local workers; logs in %s", request.workers, state_dir)
+        logger.info("Started %d local workers; logs in %s", self._workers, state_dir)
         return handle
 
     def running_fleets(self) -> list[str]:

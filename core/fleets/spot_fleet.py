@@ -5,7 +5,7 @@ Before anything is created, the fleet file and the sizes are checked (`load_flee
 machines, is named with its fix.
 
 Everything a run creates is named after its run id (`distributed-<run id>`: task definition
-family, service, launch template) and tagged `run-id` and `created-by`, so status, resize and stop
+family, service, launch template) and tagged `run-id` and `created-by`, so status, scale-in and stop
 find it again from the run id alone, in any process, after a crash. The cluster is a config
 setting, so it is also written in the tag `ecs-cluster` of the task definition and the fleet request.
 """
@@ -257,7 +257,7 @@ def _parse(handle: FleetHandle) -> tuple[str, str]:
 
 class SpotFleet:
     """Runs workers as ECS tasks on a Spot Fleet. Built without settings it can only find, watch
-    and stop fleets (cleanup, janitor); `start` and `resize` need them."""
+    and stop fleets (cleanup, janitor); `start`, `preflight` and `scale_in` need them."""
 
     def __init__(
         self,
@@ -277,7 +277,7 @@ class SpotFleet:
 
     @classmethod
     def from_clients(cls, clients: AwsClients, config: RunConfig | None = None) -> SpotFleet:
-        """With a config: every method. Without (the registry's one-argument call): all but start and resize."""
+        """With a config: every method. Without (the janitor): all but start, preflight and scale_in."""
         return cls(clients, SpotFleetSettings.from_config(config) if config else None)
 
     def _require_settings(self) -> SpotFleetSettings:
@@ -323,7 +323,7 @@ class SpotFleet:
     def start(self, request: FleetRequest) -> FleetHandle:
         """Cluster, task definition, service, fleet; waits (bounded) for machines, then asks for
         machines × tasks_per_machine workers. Idempotent: a second start updates the service in place
-        and reuses the run's fleet request. `request.workers` is not used: the settings decide.
+        and reuses the run's fleet request.
 
         Raises ConfigError for a fleet file or sizes that cannot work (nothing is created then) and
         FleetError when EC2 refuses the fleet (it is cancelled; stop removes the rest).
@@ -397,17 +397,6 @@ class SpotFleet:
         cluster, run_id = _parse(handle)
         service = ecs_api.describe_service(self._ecs, cluster, resource_name(run_id)) if cluster else None
         return FleetStatus(target=handle.workers, running=service.get("runningCount", 0) if service else 0)
-
-    def resize(self, handle: FleetHandle, workers: int) -> None:
-        """Ask for `workers` containers and the machines they need. Fewer machines never terminate a
-        busy one (EC2 only stops replacing them). Raises FleetError when the run has no fleet."""
-        settings = self._require_settings()
-        cluster, run_id = _parse(handle)
-        fleets = self._fleets(run_id)
-        if not fleets:
-            raise FleetError(f"run {run_id} has no running Spot Fleet to resize")
-        ec2_api.set_target_capacity(self._ec2, fleets[0].id, math.ceil(workers / settings.tasks_per_machine))
-        ecs_api.set_desired_count(self._ecs, cluster, resource_name(run_id), workers)
 
     def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
         """Once no job waits, lower the fleet's target to the machines the running jobs occupy, as
