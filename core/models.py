@@ -14,6 +14,12 @@ TAG_CREATED_BY = "created-by"
 CREATED_BY = "prefect-distributed"
 
 
+def run_log_group(base: str, run_id: str) -> str:
+    """A run's own CloudWatch log group, under the config's log_group_name (or app name): exported to
+    S3 and deleted at cleanup without touching another run's logs."""
+    return f"{base}/{run_id}"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -28,6 +34,7 @@ class RunResources(_Model):
     dead_letter_queue_name: str
     records_bucket: str
     records_prefix: str = Field(description="Key prefix of the run's records in the records bucket.")
+    log_group: str = Field(description="CloudWatch log group of the run's workers (spot-fleet, or job_log_streams).")
     tags: dict[str, str]
 
     @classmethod
@@ -40,6 +47,7 @@ class RunResources(_Model):
             dead_letter_queue_name=dead,
             records_bucket=config.bucket,
             records_prefix=f"runs/{run_id}",
+            log_group=run_log_group(config.log_group_name or config.app_name, run_id),
             tags={TAG_APP: config.app_name, TAG_RUN_ID: run_id, TAG_CREATED_BY: CREATED_BY},
         )
 

@@ -31,7 +31,7 @@ def worker_environment(config: RunConfig, resources: RunResources, urls: QueueUr
         "DISTRIBUTED_WAIT_TIME_S": str(config.monitor.worker_wait_time_s),
         "DISTRIBUTED_PROCESSES": str(config.container.processes),
         "DISTRIBUTED_STAGGER_S": str(config.container.stagger_s),
-        "DISTRIBUTED_LOG_GROUP": (config.log_group_name or config.app_name) if config.container.job_log_streams else "",
+        "DISTRIBUTED_LOG_GROUP": resources.log_group if config.container.job_log_streams else "",
         "DISTRIBUTED_RESOURCE_LOG_S": str(config.container.resource_log_interval_s),
         "AWS_REGION": config.region,
         "AWS_DEFAULT_REGION": config.region,

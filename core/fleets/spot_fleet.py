@@ -32,7 +32,7 @@ from core.aws.ec2 import MachineSize
 from core.config import RunConfig
 from core.errors import ConfigError, FleetError
 from core.fleets.base import FleetRequest
-from core.models import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID, FleetHandle, FleetStatus
+from core.models import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID, FleetHandle, FleetStatus, run_log_group
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class SpotFleetSettings(BaseModel):
     image: str = Field(description="The worker's container image.")
     cpu_units: int = Field(description="ECS cpu units per container (1024 = 1 vCPU).")
     memory_mib: int = Field(description="Hard memory limit per container in MiB.")
-    log_group: str = Field(description="CloudWatch log group of the containers' output.")
+    log_group: str = Field(description="Base of the log groups of the containers' output; a run's is under it.")
     task_role_arn: str | None = Field(default=None, description="IAM role the workers' AWS calls use.")
     capacity_wait_s: float = Field(default=600.0, ge=0, description="Longest wait for the machines at start.")
     poll_s: float = Field(default=20.0, gt=0, description="Seconds between two readings of the fleet.")
@@ -332,7 +332,8 @@ class SpotFleet:
         fleet_file = self.preflight()
         run_id, name, cluster = request.run_id, resource_name(request.run_id), settings.ecs_cluster
         tags = {TAG_APP: settings.app_name, TAG_RUN_ID: run_id, TAG_CREATED_BY: CREATED_BY}
-        logs_api.ensure_log_group(self._logs, settings.log_group, LOG_RETENTION_DAYS, tags)
+        log_group = run_log_group(settings.log_group, run_id)
+        logs_api.ensure_log_group(self._logs, log_group, LOG_RETENTION_DAYS, tags)
         ecs_api.ensure_cluster(self._ecs, cluster, tags)
         task_definition = ecs_api.register_task_definition(
             self._ecs,
@@ -341,7 +342,7 @@ class SpotFleet:
             settings.cpu_units,
             settings.memory_mib,
             {**request.environment, "DISTRIBUTED_SPOT_WATCH": "true"},
-            settings.log_group,
+            log_group,
             settings.region,
             settings.task_role_arn,
             {**tags, TAG_CLUSTER: cluster},
