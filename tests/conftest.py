@@ -31,6 +31,9 @@ for _name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "PREFECT_A
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Records every AWS call the code makes and checks it against the shipped IAM policies.
+pytest_plugins = ["tests.aws_calls"]
+
 from core import emulator  # noqa: E402 - after the environment is set
 
 
