@@ -43,6 +43,7 @@ from worker.core import (
 )
 from worker.joblog import JobLogRouter
 from worker.program import Heartbeat, run_program
+from worker.protection import TaskProtection
 
 logger = logging.getLogger("worker")
 
@@ -114,6 +115,7 @@ class WorkerLoop:
         clients: Clients,
         stop: threading.Event,
         job_logs: JobLogRouter | None,
+        protection: TaskProtection | None = None,
     ) -> None:
         self.index = index
         self.settings = settings
@@ -124,6 +126,8 @@ class WorkerLoop:
         self.job_logs = job_logs
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{index}"
         self.log = self._job_log("-")
+        # Keeps ECS from stopping this container while it runs a job (on ECS only).
+        self.protection = protection or TaskProtection.from_environment(os.environ, self.log)
         # When the queue was first seen drained (monotonic time), for the idle exit.
         self._idle_since: float | None = None
 
@@ -235,7 +239,7 @@ class WorkerLoop:
             log=log,
         )
         try:
-            with heartbeat:
+            with self.protection.while_busy(), heartbeat:
                 status = self._execute(job, log)
         except Interrupted:
             log.info("stopping: handing the job back to the queue")
