@@ -6,6 +6,7 @@ in-process `mock_aws` elsewhere cannot wipe its state.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -46,6 +47,8 @@ def moto_server(log_path: Path | None = None) -> Iterator[str]:
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        # AWS's managed policies exist in every account; the bootstrap attaches two of them.
+        env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
         stdout=log,
         stderr=subprocess.STDOUT,
     )

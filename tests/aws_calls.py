@@ -84,6 +84,12 @@ IAM_ACTIONS_FOR_OPERATION: dict[str, tuple[str, ...]] = {
 # Creating a resource with tags also needs the service's tagging action (<prefix>:TagResource
 # unless named here), and handing a role to Spot Fleet or to an ECS task is iam:PassRole.
 TAGGING_ACTIONS = {"ec2": "ec2:CreateTags", "sqs": "sqs:TagQueue"}
+# IAM has no TagResource: each kind of IAM resource has its own tagging action.
+IAM_TAGGING_ACTIONS = {
+    "CreateRole": "iam:TagRole",
+    "CreateInstanceProfile": "iam:TagInstanceProfile",
+    "CreatePolicy": "iam:TagPolicy",
+}
 TAG_PARAMETERS = frozenset({"Tags", "tags", "TagSpecifications"})
 ROLE_PARAMETERS = frozenset({"IamFleetRole", "taskRoleArn", "executionRoleArn"})
 
@@ -111,7 +117,8 @@ def iam_actions(prefix: str, operation: str, params: Mapping[str, Any]) -> froze
     actions = set(IAM_ACTIONS_FOR_OPERATION.get(f"{prefix}:{operation}", (f"{prefix}:{operation}",)))
     keys = set(_keys_with_values(params))
     if keys & TAG_PARAMETERS:
-        actions.add(TAGGING_ACTIONS.get(prefix, f"{prefix}:TagResource"))
+        tagging = IAM_TAGGING_ACTIONS.get(operation) if prefix == "iam" else None
+        actions.add(tagging or TAGGING_ACTIONS.get(prefix, f"{prefix}:TagResource"))
     if keys & ROLE_PARAMETERS:
         actions.add("iam:PassRole")
     return frozenset(actions)
@@ -228,9 +235,7 @@ def load_grants(iam_dir: Path) -> dict[str, frozenset[str]]:
 def not_granted(recorded: Iterable[RecordedAction], grants: Mapping[str, frozenset[str]]) -> list[RecordedAction]:
     """The recorded actions their policy does not grant (policies missing from `grants` are not judged)."""
     return [
-        entry
-        for entry in recorded
-        if entry.policy in grants and not is_granted(entry.action, grants[entry.policy])
+        entry for entry in recorded if entry.policy in grants and not is_granted(entry.action, grants[entry.policy])
     ]
 
 

@@ -48,3 +48,21 @@ def get_json(s3: BaseClient, bucket: str, key: str) -> Any | None:
             return None
         raise
     return json.loads(body)
+
+
+def bucket_policy(s3: BaseClient, bucket: str) -> dict[str, Any] | None:
+    """The bucket's policy document, or None when it has none."""
+    try:
+        return json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    except ClientError as exc:
+        if error_code(exc) == "NoSuchBucketPolicy":
+            return None
+        raise
+
+
+def put_bucket_policy(s3: BaseClient, bucket: str, policy: dict[str, Any]) -> None:
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+
+def delete_bucket_policy(s3: BaseClient, bucket: str) -> None:
+    s3.delete_bucket_policy(Bucket=bucket)

@@ -1,0 +1,570 @@
+"""Preflight: every mistake in the account or the config that a run would meet, found before any
+money is spent, and reported all at once, each with its fix.
+
+Half of Distributed-Something's troubleshooting pages are such mistakes, met only once a fleet was
+paid for: a role ARN where an instance profile ARN belongs, a subnet of another region, a security
+group of another VPC, machines that cannot reach ECS, containers larger than the machine, a bucket
+policy that stops the log export. Each check adds rows (ok, warning or problem); a check that these
+credentials may not make is a warning, not a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+from botocore.client import BaseClient
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.aws import ec2 as ec2_api
+from core.aws import iam as iam_api
+from core.aws import network, s3, service_quotas, sqs
+from core.aws.clients import AwsClients, error_code
+from core.aws.sts import Identity, caller_identity
+from core.config import RunConfig
+from core.errors import ConfigError
+from core.fleets import spot_fleet
+from core.fleets.spot_fleet import (
+    INSTANCE_PROFILE_ARN,
+    MACHINE_SIZES,
+    ROLE_ARN,
+    SpotFleetSettings,
+    fleet_file_problems,
+    load_fleet_file,
+    validate_spot_fleet,
+)
+from core.models import TAG_APP
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["ok", "warning", "problem"]
+BOOTSTRAP = "run the bootstrap (prefect deployment run distributed/bootstrap -p config=...)"
+DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"})
+# What a machine in a subnet without a route to the internet needs: ECS for the agent, and the
+# services the worker calls (S3 through a gateway endpoint, SQS and CloudWatch Logs interfaces).
+ENDPOINT_SERVICES = ("ecs", "ecs-agent", "ecs-telemetry", "sqs", "s3", "logs")
+EXPORT_TEST_KEY = "runs/<run id>/logs/aws-logs-write-test"
+
+
+class CheckRow(BaseModel):
+    """One line of the report."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    check: str = Field(description="What was checked, e.g. 'instance profile'.")
+    status: Status
+    detail: str = Field(description="What was found.")
+    fix: str = Field(default="", description="What to do about it; empty when ok.")
+
+
+class PreflightReport(BaseModel):
+    """Every check's rows, in the order they ran."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rows: list[CheckRow]
+
+    @property
+    def problems(self) -> list[CheckRow]:
+        return [row for row in self.rows if row.status == "problem"]
+
+    @property
+    def warnings(self) -> list[CheckRow]:
+        return [row for row in self.rows if row.status == "warning"]
+
+    def raise_for_problems(self) -> None:
+        """Raise ConfigError listing every problem with its fix; nothing when there is none."""
+        if self.problems:
+            raise ConfigError(
+                f"Preflight found {len(self.problems)} problem(s); nothing was created:\n"
+                + "\n".join(f"  - {row.check}: {row.detail}\n    fix: {row.fix}" for row in self.problems)
+            )
+
+
+def _ok(check: str, detail: str) -> CheckRow:
+    return CheckRow(check=check, status="ok", detail=detail)
+
+
+def _problem(check: str, detail: str, fix: str) -> CheckRow:
+    return CheckRow(check=check, status="problem", detail=detail, fix=fix)
+
+
+def _warning(check: str, detail: str, fix: str) -> CheckRow:
+    return CheckRow(check=check, status="warning", detail=detail, fix=fix)
+
+
+def _guarded(check: str, run: Callable[[], list[CheckRow]]) -> list[CheckRow]:
+    """The check's rows, or one warning when these credentials may not make its calls."""
+    try:
+        return run()
+    except ClientError as exc:
+        if error_code(exc) not in DENIED_CODES:
+            raise
+        operation = getattr(exc, "operation_name", "the call")
+        return [
+            _warning(
+                check,
+                f"not checked: these credentials may not call {operation}",
+                "grant the read-only calls preflight makes, or check this by hand",
+            )
+        ]
+
+
+def run_preflight(clients: AwsClients, config: RunConfig) -> PreflightReport:
+    """Check the buckets, the queue names and, for the spot-fleet backend, the fleet file against
+    the account: IAM, network, key pair, AMI, sizes and the Spot vCPU quota."""
+    s3_client = clients.client("s3")
+    rows = _bucket_rows(s3_client, config)
+    if config.queue.name:
+        rows += _guarded("queue name", lambda: _queue_rows(clients.client("sqs"), config))
+    if config.fleet.backend == spot_fleet.BACKEND:
+        rows += _spot_fleet_rows(clients, config)
+    report = PreflightReport(rows=rows)
+    logger.info(
+        "Preflight: %d check(s), %d problem(s), %d warning(s)", len(rows), len(report.problems), len(report.warnings)
+    )
+    return report
+
+
+def _bucket_rows(s3_client: BaseClient, config: RunConfig) -> list[CheckRow]:
+    settings: dict[str, list[str]] = {}
+    for setting, bucket in (
+        ("bucket", config.bucket),
+        ("input_bucket", config.inputs_bucket),
+        ("output_bucket", config.outputs_bucket),
+    ):
+        settings.setdefault(bucket, []).append(setting)
+    rows = []
+    for bucket, names in settings.items():
+        setting = ", ".join(names)
+        try:
+            s3.check_bucket(s3_client, bucket, setting)
+        except ConfigError as exc:
+            rows.append(
+                _problem(
+                    "bucket",
+                    str(exc),
+                    f"create it in {config.region} (aws s3 mb s3://{bucket} --region {config.region}) or correct "
+                    f"{setting}; if it exists, let these credentials list it (s3:ListBucket)",
+                )
+            )
+        else:
+            rows.append(_ok("bucket", f"s3://{bucket} ({setting}) exists"))
+    return rows
+
+
+def _queue_rows(sqs_client: BaseClient, config: RunConfig) -> list[CheckRow]:
+    """A fixed queue name must be free, or be this app's queue (then the run reuses it)."""
+    rows = []
+    # With queue.name set the names do not depend on the run id.
+    for name in config.queue_names(run_id=""):
+        url = sqs.queue_url(sqs_client, name)
+        if url is None:
+            rows.append(_ok("queue name", f"queue {name} is free"))
+        elif any(found == url for found, _ in sqs.tagged_queues(sqs_client, name, {TAG_APP: config.app_name})):
+            rows.append(_ok("queue name", f"queue {name} is tagged {TAG_APP}={config.app_name}; the run reuses it"))
+        else:
+            rows.append(
+                _problem(
+                    "queue name",
+                    f"queue {name} exists and is not tagged {TAG_APP}={config.app_name}: another app's queue",
+                    "choose another queue.name (or dead_letter_queue_name), or leave them unset for names of "
+                    "the run's own",
+                )
+            )
+    return rows
+
+
+class _Fleet:
+    """The spot-fleet checks of one config: its fleet file, and the clients they need."""
+
+    def __init__(
+        self, clients: AwsClients, config: RunConfig, settings: SpotFleetSettings, fleet_file: dict[str, Any]
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.fleet_file = fleet_file
+        specs = fleet_file.get("LaunchSpecifications")
+        self.spec: dict[str, Any] = specs[0] if isinstance(specs, list) and specs and isinstance(specs[0], dict) else {}
+        self.interface: dict[str, Any] = (self.spec.get("NetworkInterfaces") or [{}])[0]
+        self.ec2 = clients.client("ec2")
+        self.iam = clients.client("iam")
+        self.s3 = clients.client("s3")
+        self.quotas = clients.client("service-quotas")
+        self.sts = clients.client("sts")
+        self.region = config.region
+
+    # --- IAM ---------------------------------------------------------------------------------
+
+    def _role_rows(self, check: str, arn: str, service: str, identity: Identity, fix: str) -> list[CheckRow]:
+        """A role ARN: in this account, existing, trusted by `service`."""
+        account = iam_api.account_from_arn(arn)
+        if account != identity.account:
+            return [
+                _problem(
+                    check,
+                    f"{arn} is in account {account}; these credentials are account {identity.account}",
+                    f"use a role of account {identity.account}; {fix}",
+                )
+            ]
+        name = iam_api.name_from_arn(arn)
+        role = iam_api.get_role(self.iam, name)
+        if role is None:
+            return [_problem(check, f"{arn}: there is no role {name} in account {account}", fix)]
+        trusted = iam_api.trusted_services(role)
+        if service not in trusted:
+            return [
+                _problem(
+                    check,
+                    f"role {name} is not trusted by {service} (trusted by: {', '.join(sorted(trusted)) or 'none'})",
+                    f"add {service} to the role's trust policy, or {fix}",
+                )
+            ]
+        return [_ok(check, f"role {name} exists and trusts {service}")]
+
+    def fleet_role(self, identity: Identity) -> list[CheckRow]:
+        arn = str(self.fleet_file.get("IamFleetRole", ""))
+        if not ROLE_ARN.match(arn):
+            return []  # fleet_file_problems reports it
+        return self._role_rows(
+            "fleet role",
+            arn,
+            "spotfleet.amazonaws.com",
+            identity,
+            f"{BOOTSTRAP} and set IamFleetRole to the fleet role ARN it prints",
+        )
+
+    def task_role(self, identity: Identity) -> list[CheckRow]:
+        arn = self.config.fleet.task_role_arn
+        if arn is None:
+            return [
+                _warning(
+                    "task role",
+                    "fleet.task_role_arn is not set: the worker containers get no role of their own, so their "
+                    "calls to SQS and S3 fail unless the machines' instance role grants them",
+                    f"{BOOTSTRAP} and set fleet.task_role_arn to the task role ARN it prints",
+                )
+            ]
+        return self._role_rows(
+            "task role",
+            arn,
+            "ecs-tasks.amazonaws.com",
+            identity,
+            f"{BOOTSTRAP} and set fleet.task_role_arn to the task role ARN it prints",
+        )
+
+    def instance_profile(self, identity: Identity) -> list[CheckRow]:
+        given = self.spec.get("IamInstanceProfile", {})
+        arn = str(given.get("Arn", ""))
+        field = "LaunchSpecifications[0].IamInstanceProfile.Arn"
+        if ROLE_ARN.match(arn):
+            return [self._role_as_profile(arn, field, identity)]
+        if INSTANCE_PROFILE_ARN.match(arn):
+            name = iam_api.name_from_arn(arn)
+        elif given.get("Name"):
+            name = str(given["Name"])
+        else:
+            return []  # fleet_file_problems reports it
+        profile = iam_api.get_instance_profile(self.iam, name)
+        if profile is None:
+            return [
+                _problem(
+                    "instance profile",
+                    f"there is no instance profile {name} in account {identity.account}",
+                    f"{BOOTSTRAP} and set {field} to the instance profile ARN it prints",
+                )
+            ]
+        roles = profile.get("Roles", [])
+        if not roles:
+            return [
+                _problem(
+                    "instance profile",
+                    f"instance profile {name} holds no role: the machines get no credentials and never join ECS",
+                    f"aws iam add-role-to-instance-profile --instance-profile-name {name} --role-name "
+                    f"<ECS instance role>, or {BOOTSTRAP} and use its instance profile",
+                )
+            ]
+        role = roles[0]
+        if "ec2.amazonaws.com" not in iam_api.trusted_services(role):
+            return [
+                _problem(
+                    "instance profile",
+                    f"the role {role['RoleName']} of instance profile {name} is not trusted by ec2.amazonaws.com",
+                    f"use a role trusted by EC2 with AmazonEC2ContainerServiceforEC2Role, or {BOOTSTRAP}",
+                )
+            ]
+        return [_ok("instance profile", f"instance profile {name} holds role {role['RoleName']}")]
+
+    def _role_as_profile(self, arn: str, field: str, identity: Identity) -> CheckRow:
+        """A role ARN where an instance profile ARN belongs: EC2's 'Linux/UNIX: Value (...) for parameter
+        iamInstanceProfile.arn is invalid'. The fix names the role's instance profile, or how to make one."""
+        name = iam_api.name_from_arn(arn)
+        detail = f"{field} {arn} is a role ARN; EC2 wants an instance profile ARN there"
+        role = iam_api.get_role(self.iam, name)
+        profiles = iam_api.instance_profiles_of(self.iam, name) if role else []
+        if profiles:
+            fix = f"set {field} to {profiles[0]['Arn']}, the instance profile of role {name}"
+        elif role:
+            detail += f", and role {name} has no instance profile"
+            fix = (
+                f"{BOOTSTRAP} and use the instance profile ARN it prints; or make one for this role: aws iam "
+                f"create-instance-profile --instance-profile-name {name} && aws iam add-role-to-instance-profile "
+                f"--instance-profile-name {name} --role-name {name}, then set {field} to "
+                f"arn:{identity.partition}:iam::{identity.account}:instance-profile/{name}"
+            )
+        else:
+            detail += f", and there is no role {name} either"
+            fix = f"{BOOTSTRAP} and set {field} to the instance profile ARN it prints"
+        return _problem("instance profile", detail, fix)
+
+    # --- network -----------------------------------------------------------------------------
+
+    def network(self) -> list[CheckRow]:
+        subnet_ids = [
+            part.strip()
+            for part in str(self.spec.get("SubnetId") or self.interface.get("SubnetId") or "").split(",")
+            if part.strip()
+        ]
+        rows: list[CheckRow] = []
+        for subnet_id in subnet_ids:
+            found = network.subnet(self.ec2, subnet_id)
+            if found is None:
+                rows.append(
+                    _problem(
+                        "subnet",
+                        f"subnet {subnet_id} does not exist in {self.region}; a subnet belongs to one region, so one "
+                        "from another region is not found here",
+                        f"use a subnet of {self.region} (aws ec2 describe-subnets --region {self.region}), or set "
+                        "region to the subnet's region",
+                    )
+                )
+                continue
+            rows.append(_ok("subnet", f"subnet {subnet_id} in {found['VpcId']}, {found['AvailabilityZone']}"))
+            rows += self._security_groups(found)
+            rows.append(self._reach(found))
+        return rows
+
+    def _security_groups(self, found_subnet: dict[str, Any]) -> list[CheckRow]:
+        group_ids = [group["GroupId"] for group in self.spec.get("SecurityGroups", [])] or list(
+            self.interface.get("Groups", [])
+        )
+        vpc = found_subnet["VpcId"]
+        rows = []
+        for group_id in group_ids:
+            group = network.security_group(self.ec2, group_id)
+            if group is None:
+                rows.append(
+                    _problem(
+                        "security group",
+                        f"security group {group_id} does not exist in {self.region}",
+                        f"use a security group of {vpc} (aws ec2 describe-security-groups --filters "
+                        f"Name=vpc-id,Values={vpc} --region {self.region})",
+                    )
+                )
+            elif group["VpcId"] != vpc:
+                rows.append(
+                    _problem(
+                        "security group",
+                        f"security group {group_id} is in {group['VpcId']}, the subnet "
+                        f"{found_subnet['SubnetId']} in {vpc}",
+                        f"use a security group of {vpc}, or a subnet of {group['VpcId']}",
+                    )
+                )
+            else:
+                rows.append(_ok("security group", f"security group {group_id} is in the subnet's VPC {vpc}"))
+        return rows
+
+    def _reach(self, found_subnet: dict[str, Any]) -> CheckRow:
+        """Machines reach ECS (and SQS, S3, CloudWatch Logs) with a public IP and a route to an internet
+        gateway, through a NAT gateway, or through VPC endpoints."""
+        subnet_id, vpc = found_subnet["SubnetId"], found_subnet["VpcId"]
+        public_ip = bool(self.interface.get("AssociatePublicIpAddress", found_subnet.get("MapPublicIpOnLaunch")))
+        table = network.route_table(self.ec2, found_subnet)
+        routes = network.default_routes(table) if table else []
+        gateway = next((r["GatewayId"] for r in routes if str(r.get("GatewayId", "")).startswith("igw-")), None)
+        nat = next((r["NatGatewayId"] for r in routes if r.get("NatGatewayId")), None)
+        check = "network path to ECS"
+        if public_ip and gateway:
+            return _ok(check, f"subnet {subnet_id}: public IP and a route to internet gateway {gateway}")
+        if nat:
+            return _ok(check, f"subnet {subnet_id}: route to NAT gateway {nat}")
+        present = network.endpoint_services(self.ec2, vpc)
+        missing = [s for s in ENDPOINT_SERVICES if f"com.amazonaws.{self.region}.{s}" not in present]
+        if not missing:
+            return _ok(check, f"subnet {subnet_id}: VPC endpoints for {', '.join(ENDPOINT_SERVICES)}")
+        detail = (
+            f"machines in subnet {subnet_id} cannot reach ECS: "
+            + ("a public IP, " if public_ip else "no public IP, ")
+            + (f"a route to internet gateway {gateway}, " if gateway else "no route to an internet gateway, ")
+            + f"no NAT route, no VPC endpoints for {', '.join(missing)}; they would run, paid, without joining "
+            "the cluster"
+        )
+        if gateway:
+            fix = (
+                'set "AssociatePublicIpAddress": true in LaunchSpecifications[0].NetworkInterfaces[0] of the fleet '
+                f"file (the subnet routes to {gateway})"
+            )
+        elif public_ip:
+            fix = f"add a route 0.0.0.0/0 to an internet gateway of {vpc} to the subnet's route table, or use another"
+        else:
+            fix = (
+                "use a public subnet with AssociatePublicIpAddress true, or add a NAT gateway route, or VPC "
+                f"endpoints for {', '.join(missing)} (and ecr.api, ecr.dkr for an image in ECR) in {vpc}"
+            )
+        return _problem(check, detail, fix)
+
+    # --- the rest of the launch specification ------------------------------------------------
+
+    def key_pair(self) -> list[CheckRow]:
+        name = self.spec.get("KeyName")
+        if not name:
+            return []
+        if network.key_pair_exists(self.ec2, name):
+            return [_ok("key pair", f"key pair {name} exists in {self.region}")]
+        return [
+            _problem(
+                "key pair",
+                f"key pair {name} does not exist in {self.region} (key pairs are per region; KeyName is the name "
+                "without .pem)",
+                f"create or import it in {self.region}, fix KeyName, or remove KeyName (no SSH access then)",
+            )
+        ]
+
+    def image(self) -> list[CheckRow]:
+        image_id = self.spec.get("ImageId")
+        if not image_id:
+            return [_ok("machine image", "no ImageId: the region's current ECS-optimized AMI is used")]
+        if network.image_exists(self.ec2, image_id):
+            return [_ok("machine image", f"image {image_id} exists in {self.region}")]
+        return [
+            _problem(
+                "machine image",
+                f"image {image_id} does not exist in {self.region} (AMI ids are per region)",
+                "remove ImageId to use the region's current ECS-optimized AMI, or give an AMI of " + self.region,
+            )
+        ]
+
+    def sizes_and_quota(self) -> list[CheckRow]:
+        """Containers fit the machines (validate_spot_fleet's rules), and the Spot vCPU quota covers the fleet."""
+        unknown = [kind for kind in self.settings.machine_types if kind not in MACHINE_SIZES]
+        sizes = {**MACHINE_SIZES, **ec2_api.machine_sizes(self.ec2, unknown)}
+        rows = [
+            _problem("fleet settings", problem, "change the config settings the detail names, as it says")
+            for problem in validate_spot_fleet(self.settings, self.fleet_file, sizes)
+            if not problem.startswith("fleet.fleet_file:")  # reported as fleet-file rows
+        ]
+        if not rows:
+            rows.append(_ok("fleet settings", "the containers fit every machine type"))
+        known = [sizes[kind].vcpus for kind in self.settings.machine_types if kind in sizes]
+        if known:
+            rows.append(self._quota(self.settings.machines * max(known)))
+        return rows
+
+    def _quota(self, needed: int) -> CheckRow:
+        check = "spot vCPU quota"
+        quota = service_quotas.spot_vcpu_quota(self.quotas)
+        what = f"fleet.machines × the largest machine type's vCPUs = {needed} vCPUs"
+        if quota is None:
+            return _warning(
+                check,
+                f"the Spot vCPU quota could not be read; the fleet needs {what}",
+                "check Service Quotas > Amazon EC2 > 'All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance "
+                f"Requests' (L-34B43A08) in {self.region} is at least {needed}",
+            )
+        if quota < needed:
+            return _problem(
+                check,
+                f"the Spot vCPU quota is {quota:.0f}; the fleet needs {what}",
+                f"request an increase of 'All Standard Spot Instance Requests' to {needed} in Service Quotas, or "
+                "lower fleet.machines or the machine types",
+            )
+        return _ok(check, f"quota {quota:.0f} vCPUs covers {what}")
+
+    def log_export(self, identity: Identity) -> list[CheckRow]:
+        """The records bucket lets CloudWatch Logs export the run's log group to runs/ (at cleanup)."""
+        bucket = self.config.bucket
+        try:
+            policy = s3.bucket_policy(self.s3, bucket)
+        except ClientError as exc:
+            if error_code(exc) in s3.MISSING_BUCKET_CODES:
+                return []  # the bucket rows report it
+            raise
+        principal = f"logs.{self.region}.amazonaws.com"
+        bucket_arn = f"arn:{identity.partition}:s3:::{bucket}"
+        if _allows(policy, principal, "s3:GetBucketAcl", bucket_arn) and _allows(
+            policy, principal, "s3:PutObject", f"{bucket_arn}/{EXPORT_TEST_KEY}"
+        ):
+            return [_ok("log export", f"the policy of s3://{bucket} lets {principal} export logs to runs/")]
+        return [
+            _warning(
+                "log export",
+                f"the policy of s3://{bucket} does not let {principal} call s3:GetBucketAcl on the bucket and "
+                "s3:PutObject under runs/: cleanup cannot export the run's logs, and keeps the log group instead",
+                f"{BOOTSTRAP}: it adds the statements to the bucket's policy",
+            )
+        ]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _allows(policy: dict[str, Any] | None, service: str, action: str, resource: str) -> bool:
+    """Whether an Allow statement names the service principal, the action and the resource
+    (IAM wildcards; conditions are not evaluated)."""
+    for statement in _as_list((policy or {}).get("Statement", [])):
+        principal = statement.get("Principal", {})
+        services = _as_list(principal.get("Service", [])) if isinstance(principal, dict) else [principal]
+        if (
+            statement.get("Effect") == "Allow"
+            and (service in services or "*" in services)
+            and any(fnmatchcase(action.lower(), str(a).lower()) for a in _as_list(statement.get("Action", [])))
+            and any(fnmatchcase(resource, str(r)) for r in _as_list(statement.get("Resource", [])))
+        ):
+            return True
+    return False
+
+
+def _read_fleet_file(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The fleet file, or None and why it cannot be read. load_fleet_file stops at the file's problems;
+    preflight reads on, to check the rest of the file against the account too."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        document = None
+    if isinstance(document, dict):
+        return document, ""
+    try:
+        load_fleet_file(path)
+    except ConfigError as exc:
+        return None, str(exc)
+    return None, f"fleet.fleet_file {path}: cannot be read"
+
+
+def _spot_fleet_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
+    settings = SpotFleetSettings.from_config(config)
+    path = settings.fleet_file
+    fleet_file, unreadable = _read_fleet_file(path)
+    if fleet_file is None:
+        return [_problem("fleet file", unreadable, f"fix {path}; start from deployments/aws/fleet.example.json")]
+    rows = [_problem("fleet file", problem, f"edit {path}") for problem in fleet_file_problems(fleet_file)]
+    fleet = _Fleet(clients, config, settings, fleet_file)
+    identity = caller_identity(fleet.sts)
+    checks: Iterable[tuple[str, Callable[[], list[CheckRow]]]] = (
+        ("fleet role", lambda: fleet.fleet_role(identity)),
+        ("instance profile", lambda: fleet.instance_profile(identity)),
+        ("task role", lambda: fleet.task_role(identity)),
+        ("network", fleet.network),
+        ("key pair", fleet.key_pair),
+        ("machine image", fleet.image),
+        ("fleet settings", fleet.sizes_and_quota),
+        ("log export", lambda: fleet.log_export(identity)),
+    )
+    for check, run in checks:
+        rows += _guarded(check, run)
+    return rows
