@@ -17,3 +17,7 @@ class FleetError(DistributedError):
 
 class AwsOperationError(DistributedError):
     """An AWS call failed in a way that retrying will not fix (partial failures included)."""
+
+
+class BudgetExceededError(DistributedError):
+    """The run's machines cost fleet.budget_usd; the run was stopped."""

@@ -13,13 +13,19 @@ from prefect.cache_policies import NO_CACHE
 
 from core.aws import sqs
 from core.config import RunConfig
-from core.fleets import fleet_backend
+from core.cost import budget_exceeded
+from core.errors import BudgetExceededError
+from core.fleets import FleetBackend, fleet_backend
 from core.models import FleetHandle, QueueUrls, RunResources, RunSnapshot
 from core.monitor import wait_for_completion
 from core.records import read_outcomes
 from tasks._aws import AWS_RETRIES, aws_clients
 
 HEARTBEAT_S = 30.0
+# While nothing waits, how often scale-in runs again with unchanged counts (idle machines freed since).
+SCALE_IN_REPEAT_S = 300.0
+# How often the run's spend is measured against fleet.budget_usd (two AWS calls, whatever the size).
+BUDGET_CHECK_S = 120.0
 
 
 @task(name="monitor", cache_policy=NO_CACHE, **AWS_RETRIES)
@@ -28,8 +34,9 @@ def monitor_run(
 ) -> RunSnapshot:
     """Poll until every job is accounted for, keeping a progress artifact current.
 
-    A reading costs two AWS calls and a fleet check, whatever the number of jobs. Logs when the
-    counts change, and every 30 s otherwise.
+    A reading costs two SQS calls and a fleet check, whatever the number of jobs. Logs when the
+    counts change, and every 30 s otherwise; the progress artifact carries the same line (jobs,
+    workers, and on spot-fleet the machines running against the fleet's target).
     """
     logger = get_run_logger()
     clients = aws_clients(config)
@@ -44,26 +51,35 @@ def monitor_run(
     def read_snapshot() -> RunSnapshot:
         queue = sqs.queue_counts(sqs_client, urls.queue_url)
         dead = sqs.queue_counts(sqs_client, urls.dead_letter_queue_url)
+        status = backend.status(fleet)
         return RunSnapshot(
             total=total,
             visible=queue.visible,
             in_flight=queue.in_flight,
             delayed=queue.delayed,
             dead=dead.total,
-            workers_running=backend.status(fleet).running,
+            workers_running=status.running,
+            machines_target=status.machines_target,
+            machines_running=status.machines_running,
         )
 
     def count_accounted(snapshot: RunSnapshot) -> int:
         return len(read_outcomes(s3_client, resources)) + snapshot.dead
 
     busy_at_last_scale_in: int | None = None
+    last_scale_in = 0.0
+    guard = _FleetGuard(config, backend, fleet, logger)
 
     def on_snapshot(snapshot: RunSnapshot) -> None:
-        nonlocal busy_at_last_scale_in
+        nonlocal busy_at_last_scale_in, last_scale_in
         progress(snapshot)
-        # Nothing waits: the fleet shrinks to the running jobs (fleet calls on a change, not every poll).
-        if snapshot.visible == snapshot.delayed == 0 and snapshot.in_flight != busy_at_last_scale_in:
-            busy_at_last_scale_in = snapshot.in_flight
+        guard.check()
+        # Nothing waits: the fleet shrinks to the running jobs. Fleet calls on a change, and again every
+        # few minutes: containers that ECS stops after a scale-in leave idle machines for the next one.
+        now = time.monotonic()
+        changed = snapshot.in_flight != busy_at_last_scale_in
+        if snapshot.visible == snapshot.delayed == 0 and (changed or now - last_scale_in >= SCALE_IN_REPEAT_S):
+            busy_at_last_scale_in, last_scale_in = snapshot.in_flight, now
             backend.scale_in(fleet, snapshot.in_flight)
 
     final = wait_for_completion(
@@ -75,6 +91,39 @@ def monitor_run(
         on_snapshot=on_snapshot,
     )
     return final
+
+
+class _FleetGuard:
+    """'Cheapest' mode and the budget: what the monitor does to the fleet as time passes."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        backend: FleetBackend,
+        fleet: FleetHandle,
+        logger: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
+        self._backend, self._fleet, self._logger = backend, fleet, logger
+        self._budget = config.fleet.budget_usd
+        self._hold_at = (
+            None if config.fleet.cheapest_after_s is None else time.monotonic() + config.fleet.cheapest_after_s
+        )
+        self._next_budget_check = time.monotonic()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self._hold_at is not None and now >= self._hold_at:
+            self._hold_at = None
+            self._backend.hold(self._fleet)
+            self._logger.info("Cheapest mode: the fleet keeps the machines it has; lost ones are not replaced")
+        if self._budget is not None and now >= self._next_budget_check:
+            self._next_budget_check = now + BUDGET_CHECK_S
+            spent = self._backend.cost(self._fleet)
+            if spent is not None and budget_exceeded(spent, self._budget):
+                raise BudgetExceededError(
+                    f"The run's machines have cost ${spent.total_usd:,.2f}, reaching fleet.budget_usd "
+                    f"(${self._budget:,.2f}); stopping the run. Jobs not done are listed as unfinished."
+                )
 
 
 @dataclass
@@ -93,6 +142,8 @@ class _Progress:
             f"{snapshot.visible} waiting, {snapshot.in_flight} running, {snapshot.delayed} delayed | "
             f"{snapshot.workers_running} workers"
         )
+        if snapshot.machines_target is not None:
+            line += f" on {snapshot.machines_running} machines (fleet target {snapshot.machines_target})"
         now = time.monotonic()
         if line == self.line and now - self.logged_at < HEARTBEAT_S:
             return

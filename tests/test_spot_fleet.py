@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,14 @@ def error_record(sub_type: str, description: str | None = None) -> dict[str, Any
 # The fleet file
 
 
-def test_the_example_fleet_file_loads() -> None:
-    assert spot_fleet.load_fleet_file(EXAMPLE)["IamFleetRole"].endswith(":role/aws-ec2-spot-fleet-tagging-role")
+def test_the_example_fleet_file_loads_and_names_the_roles_the_bootstrap_makes() -> None:
+    from core.bootstrap import BootstrapNames
+
+    names = BootstrapNames()
+    example = spot_fleet.load_fleet_file(EXAMPLE)
+    assert example["IamFleetRole"].endswith(f":role/{names.fleet_role}")
+    profile = example["LaunchSpecifications"][0]["IamInstanceProfile"]["Arn"]
+    assert profile.endswith(f":instance-profile/{names.instance_profile}")
 
 
 @pytest.mark.parametrize(
@@ -398,13 +405,21 @@ def test_settings_come_from_the_run_config(tmp_path: Path) -> None:
             "job_file": "jobs.json",
             "command": "run",
             "bucket": "records",
-            "fleet": {"machines": 3, "tasks_per_machine": 2, "fleet_file": "fleet.json", "ecs_cluster": "cp"},
+            "container": {"processes": 4},
+            "fleet": {
+                "machines": 3,
+                "tasks_per_machine": 2,
+                "fleet_file": "fleet.json",
+                "ecs_cluster": "cp",
+                "expected_job_minutes": 12,
+            },
         },
         "test",
         base_dir=tmp_path,
     )
     fleet_settings = SpotFleetSettings.from_config(config)
     assert (fleet_settings.workers, fleet_settings.ecs_cluster, fleet_settings.log_group) == (6, "cp", "demo")
+    assert (fleet_settings.processes, fleet_settings.expected_job_minutes) == (4, 12)
     assert fleet_settings.fleet_file == tmp_path / "fleet.json"
 
 
@@ -493,3 +508,100 @@ def test_scale_in_lowers_the_target_to_the_machines_running_jobs_and_never_raise
     assert ec2.fleet_state(boto3.client("ec2"), record.id).target == 2
     fleet.scale_in(handle, busy_jobs=0)
     assert ec2.fleet_state(boto3.client("ec2"), record.id).target == 0
+
+
+# Scale-in of idle machines. moto differs from AWS here: it starts no service task and so stops none
+# when the desired count drops, and it knows nothing of task scale-in protection (the worker's side,
+# tests/test_worker_protection.py). So ECS tasks are put on chosen machines with start_task, standing
+# for the protected containers of running jobs. moto also keeps terminated machines in
+# DescribeSpotFleetInstances, where AWS drops them.
+
+
+def join_cluster(instance_ids: list[str], cluster: str = "demo-cluster") -> dict[str, str]:
+    """Register machines as container instances of the cluster, as their ECS agent does; EC2 id → ARN."""
+    ecs_client = boto3.client("ecs")
+    return {
+        instance_id: ecs_client.register_container_instance(
+            cluster=cluster, instanceIdentityDocument=json.dumps({"instanceId": instance_id})
+        )["containerInstance"]["containerInstanceArn"]
+        for instance_id in instance_ids
+    }
+
+
+def run_ecs_tasks(container_instance_arn: str, count: int, run_id: str = "r1") -> None:
+    for _ in range(count):
+        boto3.client("ecs").start_task(
+            cluster="demo-cluster", taskDefinition=resource_name(run_id), containerInstances=[container_instance_arn]
+        )
+
+
+def machine_states(instance_ids: list[str]) -> dict[str, str]:
+    reservations = boto3.client("ec2").describe_instances(InstanceIds=instance_ids)["Reservations"]
+    return {i["InstanceId"]: i["State"]["Name"] for r in reservations for i in r["Instances"]}
+
+
+def registered_machines(cluster: str = "demo-cluster") -> set[str]:
+    ecs_client = boto3.client("ecs")
+    arns = ecs_client.list_container_instances(cluster=cluster)["containerInstanceArns"]
+    if not arns:
+        return set()
+    described = ecs_client.describe_container_instances(cluster=cluster, containerInstances=arns)
+    return {instance["ec2InstanceId"] for instance in described["containerInstances"]}
+
+
+def run_fleet(run_id: str = "r1") -> tuple[str, list[str]]:
+    [record] = ec2.tagged_fleets(boto3.client("ec2"), {"run-id": run_id})
+    return record.id, sorted(ec2.fleet_instance_ids(boto3.client("ec2"), record.id))
+
+
+def test_scale_in_terminates_only_the_run_s_machines_that_run_no_ecs_task_and_lowers_service_and_target(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=spot_fleet.__name__)
+    fleet = backend(settings(tmp_path, machines=5, tasks_per_machine=2, processes=2))
+    handle = start(fleet)
+    start(backend(settings(tmp_path, machines=1)), "r2")  # same cluster, another run
+    fleet_id, (busy_a, busy_b, idle_c, idle_d, unregistered) = run_fleet()
+    [_, (other_machine,)] = run_fleet("r2")
+    arns = join_cluster([busy_a, busy_b, idle_c, idle_d, other_machine])  # `unregistered` is still booting
+    run_ecs_tasks(arns[busy_a], 2)
+    run_ecs_tasks(arns[busy_b], 1)
+
+    # 3 jobs, 2 per container: 2 containers; 2 containers per machine: 1 machine. 5 machines - 1 = 4 may
+    # go, but only the 2 registered ones with no ECS task are idle.
+    fleet.scale_in(handle, busy_jobs=3)
+
+    everything = [busy_a, busy_b, idle_c, idle_d, unregistered, other_machine]
+    expected = {busy_a: "running", busy_b: "running", idle_c: "terminated", idle_d: "terminated"}
+    expected |= {unregistered: "running", other_machine: "running"}
+    assert machine_states(everything) == expected
+    assert registered_machines() == {busy_a, busy_b, other_machine}
+    assert ec2.fleet_state(boto3.client("ec2"), fleet_id).target == 1
+    assert ecs.describe_service(boto3.client("ecs"), "demo-cluster", resource_name("r1"))["desiredCount"] == 2
+    assert "scale-in: 2 idle machine(s) terminated, target 1, service 2 containers" in caplog.text
+    assert ecs.describe_service(boto3.client("ecs"), "demo-cluster", resource_name("r2"))["desiredCount"] == 2
+
+    caplog.clear()
+    fleet.scale_in(handle, busy_jobs=3)
+    assert machine_states(everything) == expected
+    assert registered_machines() == {busy_a, busy_b, other_machine}
+    assert ec2.fleet_state(boto3.client("ec2"), fleet_id).target == 1
+    assert ecs.describe_service(boto3.client("ecs"), "demo-cluster", resource_name("r1"))["desiredCount"] == 2
+    assert "scale-in: 0 idle machine(s) terminated, target 1, service 2 containers" in caplog.text
+
+
+def test_scale_in_terminates_idle_machines_only_down_to_the_new_target(tmp_path: Path) -> None:
+    fleet = backend(settings(tmp_path, machines=3, tasks_per_machine=1))
+    handle = start(fleet)
+    fleet_id, machines = run_fleet()
+    join_cluster(machines)  # all idle: the 2 jobs in flight wait out a retry delay, held by no worker
+    fleet.scale_in(handle, busy_jobs=2)
+    states = machine_states(machines)
+    assert sorted(states.values()) == ["running", "running", "terminated"]  # the fleet keeps its target of 2
+    assert ec2.fleet_state(boto3.client("ec2"), fleet_id).target == 2
+    assert ecs.describe_service(boto3.client("ecs"), "demo-cluster", resource_name("r1"))["desiredCount"] == 2
+    fleet.scale_in(handle, busy_jobs=0)
+    assert set(machine_states(machines).values()) == {"terminated"}
+    assert registered_machines() == set()
+    assert ec2.fleet_state(boto3.client("ec2"), fleet_id).target == 0
+    assert ecs.describe_service(boto3.client("ecs"), "demo-cluster", resource_name("r1"))["desiredCount"] == 0

@@ -21,7 +21,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws.clients import error_code, paginate
+from core.aws.clients import chunks, error_code, paginate
 from core.errors import ConfigError, FleetError
 
 logger = logging.getLogger(__name__)
@@ -508,3 +508,14 @@ def wait_for_capacity(
             )
             return running
         sleep(poll_s)
+
+
+TERMINATE_LIMIT = 1000  # TerminateInstances: instance ids per call
+
+
+def terminate_instances(ec2: BaseClient, instance_ids: set[str]) -> None:
+    """Terminate these machines now. Only for machines known to run nothing: there is no draining."""
+    for batch in chunks(sorted(instance_ids), TERMINATE_LIMIT):
+        ec2.terminate_instances(InstanceIds=batch)
+    if instance_ids:
+        logger.info("Terminated %d machine(s): %s", len(instance_ids), ", ".join(sorted(instance_ids)))

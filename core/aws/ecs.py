@@ -246,3 +246,26 @@ def delete_cluster_if_empty(ecs: BaseClient, name: str) -> bool:
         raise
     logger.info("Deleted ECS cluster %s", name)
     return True
+
+
+def idle_container_instances(ecs: BaseClient, cluster: str, ec2_instance_ids: set[str]) -> set[str]:
+    """Those of these EC2 instances whose container instance in the cluster runs no ECS task and has
+    none pending: safe to terminate. A machine whose agent has not registered is not idle (it is
+    still starting, or ECS cannot tell what it runs). Calls grow with the cluster's machines only."""
+    if not ec2_instance_ids:
+        return set()
+    try:
+        arns = list(paginate(ecs, "list_container_instances", "containerInstanceArns", cluster=cluster))
+    except ClientError as exc:
+        if error_code(exc) in MISSING_CODES:
+            return set()
+        raise
+    idle: set[str] = set()
+    for batch in chunks(arns, DESCRIBE_LIMIT):
+        for instance in ecs.describe_container_instances(cluster=cluster, containerInstances=batch).get(
+            "containerInstances", []
+        ):
+            busy = instance.get("runningTasksCount", 0) + instance.get("pendingTasksCount", 0)
+            if instance.get("ec2InstanceId") in ec2_instance_ids and not busy:
+                idle.add(instance["ec2InstanceId"])
+    return idle

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.cost import CostEstimate, CostReport
 from core.models import FleetHandle, FleetStatus
 
 
@@ -51,6 +52,19 @@ class FleetBackend(Protocol):
 
     def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
         """No job waits any more: shrink to what `busy_jobs` occupy, never stopping a busy worker."""
+        ...
+
+    def hold(self, handle: FleetHandle) -> None:
+        """'Cheapest' mode: ask for no more machines than the fleet has, and stop replacing lost ones
+        beyond one; never stops a running worker."""
+        ...
+
+    def cost_estimate(self, jobs: int) -> CostEstimate | None:
+        """What running `jobs` jobs on this fleet should cost, with its assumptions; None: free."""
+        ...
+
+    def cost(self, handle: FleetHandle) -> CostReport | None:
+        """What the fleet's machines have cost so far (instance-hours x spot price); None: free."""
         ...
 
     def stop(self, handle: FleetHandle) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from core.aws.clients import AwsClients
 from core.config import RunConfig
+from core.cost import CostEstimate, CostReport
 from core.errors import ConfigError
 from core.fleets.base import FleetRequest
 from core.models import FleetHandle, FleetStatus
@@ -139,6 +140,16 @@ class LocalFleet:
     def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
         """Nothing to do: local workers exit by themselves once the queue has drained for
         monitor.worker_idle_exit_s, and signalling one could interrupt its job."""
+
+    def hold(self, handle: FleetHandle) -> None:
+        """Nothing to do: local workers are never replaced."""
+
+    def cost_estimate(self, jobs: int) -> CostEstimate | None:
+        """Local workers cost nothing extra."""
+        return None
+
+    def cost(self, handle: FleetHandle) -> CostReport | None:
+        return None
 
     def status(self, handle: FleetHandle) -> FleetStatus:
         return FleetStatus(target=handle.workers, running=sum(_is_running(pid) for pid in self._pids(handle)))

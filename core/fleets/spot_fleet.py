@@ -8,6 +8,14 @@ Everything a run creates is named after its run id (`distributed-<run id>`: task
 family, service, launch template) and tagged `run-id` and `created-by`, so status, scale-in and stop
 find it again from the run id alone, in any process, after a crash. The cluster is a config
 setting, so it is also written in the tag `ecs-cluster` of the task definition and the fleet request.
+
+Scale-in, once no job waits, uses ECS task scale-in protection: each worker protects its container
+while it runs a job (worker/protection.py), so lowering the service's desired count makes ECS stop
+only idle containers; machines left running no ECS task are then terminated here, and the fleet's
+target lowered so they are not replaced. Distributed-Something instead had every container create a
+CloudWatch alarm that terminated its machine after 15 minutes at under 1 % CPU: the alarms cost money
+and leaked when not deleted, every idle machine was paid for those 15 minutes, and a job waiting on
+I/O could look idle to it. Protection leaves nothing to clean up and never stops a busy container.
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ from core.aws import ecs as ecs_api
 from core.aws import logs as logs_api
 from core.aws.clients import AwsClients
 from core.aws.ec2 import MachineSize
+from core.aws.spot_pricing import spot_prices
 from core.config import RunConfig
+from core.cost import CostEstimate, CostReport, estimate_cost, measure_cost
 from core.errors import ConfigError, FleetError
 from core.fleets.base import FleetRequest
 from core.models import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID, FleetHandle, FleetStatus, run_log_group
@@ -87,6 +97,7 @@ class SpotFleetSettings(BaseModel):
     ecs_cluster: str = Field(description="ECS cluster the machines join (created when missing).")
     machines: int = Field(ge=1, description="Spot Fleet target capacity, in machines.")
     tasks_per_machine: int = Field(ge=1, description="Worker containers per machine.")
+    processes: int = Field(default=1, ge=1, description="Worker processes per container, each running one job.")
     machine_types: tuple[str, ...] = Field(description="EC2 instance types, one launch-template config each.")
     max_price_usd_per_hour: float = Field(gt=0, description="Highest Spot price per machine-hour in USD.")
     ebs_volume_gb: int = Field(description="Root volume per machine in GB (holds the containers).")
@@ -99,6 +110,7 @@ class SpotFleetSettings(BaseModel):
     capacity_wait_s: float = Field(default=600.0, ge=0, description="Longest wait for the machines at start.")
     poll_s: float = Field(default=20.0, gt=0, description="Seconds between two readings of the fleet.")
     fleet_lifetime_s: int = Field(description="The fleet expires (machines terminated) this long after start.")
+    expected_job_minutes: float | None = Field(default=None, description="How long one job takes, for the estimate.")
 
     @property
     def workers(self) -> int:
@@ -119,6 +131,7 @@ class SpotFleetSettings(BaseModel):
             ecs_cluster=fleet.ecs_cluster,
             machines=fleet.machines,
             tasks_per_machine=fleet.tasks_per_machine,
+            processes=config.container.processes,
             machine_types=fleet.machine_types,
             max_price_usd_per_hour=fleet.max_price_usd_per_hour,
             ebs_volume_gb=fleet.ebs_volume_gb,
@@ -130,6 +143,7 @@ class SpotFleetSettings(BaseModel):
             task_role_arn=fleet.task_role_arn,
             capacity_wait_s=fleet.capacity_wait_s,
             fleet_lifetime_s=config.monitor.max_run_time_s,
+            expected_job_minutes=fleet.expected_job_minutes,
         )
 
 
@@ -394,21 +408,103 @@ class SpotFleet:
         return ec2_api.request_fleet(self._ec2, config)
 
     def status(self, handle: FleetHandle) -> FleetStatus:
-        """Workers asked for (the handle's), and ECS tasks of the run's service running now."""
+        """Workers asked for (the handle's), ECS tasks of the run's service running now, and the
+        machines its fleet asks for and has."""
         cluster, run_id = _parse(handle)
         service = ecs_api.describe_service(self._ecs, cluster, resource_name(run_id)) if cluster else None
-        return FleetStatus(target=handle.workers, running=service.get("runningCount", 0) if service else 0)
+        states = [state for fleet in self._fleets(run_id) if (state := ec2_api.fleet_state(self._ec2, fleet.id))]
+        return FleetStatus(
+            target=handle.workers,
+            running=service.get("runningCount", 0) if service else 0,
+            machines_target=sum(state.target for state in states),
+            machines_running=sum(state.active_instances for state in states),
+        )
+
+    def hold(self, handle: FleetHandle) -> None:
+        """'Cheapest' mode, as Distributed-Something's monitor did it: the fleet's target goes to one
+        machine with noTermination, so the machines running keep running and lost ones are not replaced."""
+        _, run_id = _parse(handle)
+        for fleet in self._fleets(run_id):
+            state = ec2_api.fleet_state(self._ec2, fleet.id)
+            if state is not None and state.target > 1:
+                ec2_api.set_target_capacity(self._ec2, fleet.id, 1)
+                logger.info(
+                    "Cheapest mode: fleet %s keeps its %d machine(s), none replaced", fleet.id, state.active_instances
+                )
+
+    def cost_estimate(self, jobs: int) -> CostEstimate:
+        """Machines x the current Spot price of each machine type, and with fleet.expected_job_minutes
+        the batch's total; every assumption spelled out."""
+        settings = self._require_settings()
+        return estimate_cost(
+            spot_prices(self._ec2, list(settings.machine_types), now=datetime.now(UTC)),
+            machines=settings.machines,
+            machine_types=settings.machine_types,
+            max_price_usd_per_hour=settings.max_price_usd_per_hour,
+            jobs=jobs,
+            slots_per_machine=settings.tasks_per_machine * settings.processes,
+            job_minutes=settings.expected_job_minutes,
+        )
+
+    def cost(self, handle: FleetHandle) -> CostReport:
+        """Instance-hours of the run's machines (found by tag, terminated ones included) and their cost."""
+        _, run_id = _parse(handle)
+        return measure_cost(self._ec2, run_id, now=datetime.now(UTC))
 
     def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
-        """Once no job waits, lower the fleet's target to the machines the running jobs occupy, as
-        Distributed-Something's monitor did. noTermination: no busy machine is stopped; the target
-        only ever goes down here."""
+        """Once no job waits, shrink to what the running jobs need, without stopping a busy worker.
+
+        1. The service's desired count goes down to the containers the jobs need, ceil(busy_jobs /
+           processes): ECS stops only containers whose scale-in protection has lapsed, i.e. idle ones.
+        2. The fleet's target goes down to ceil(containers / tasks_per_machine), with noTermination
+           (as Distributed-Something's monitor did), so machines are not replaced once gone.
+        3. Machines of the run's fleet that run and await no ECS task are terminated, at most as many as
+           the fleet has beyond its target, and their container instances deregistered.
+
+        Neither count is ever raised here. AWS calls grow with the machines, never with the jobs, and
+        nothing is changed when nothing needs to be (the monitor calls this when the number of running
+        jobs changes). Containers ECS stops after step 1 leave their machine idle for the next call.
+        """
         settings = self._require_settings()
-        _, run_id = _parse(handle)
-        wanted = math.ceil(busy_jobs / settings.tasks_per_machine)
+        cluster, run_id = _parse(handle)
+        containers = math.ceil(busy_jobs / settings.processes)
+        wanted = math.ceil(containers / settings.tasks_per_machine)
+        service = self._lower_service(cluster, resource_name(run_id), containers)
+        terminated, target = 0, 0
         for fleet in self._fleets(run_id):
-            if wanted < ec2_api.fleet_state(self._ec2, fleet.id).target:
+            state = ec2_api.fleet_state(self._ec2, fleet.id)
+            if state is None:
+                continue
+            if wanted < state.target:
                 ec2_api.set_target_capacity(self._ec2, fleet.id, wanted)
+            fleet_target = min(wanted, state.target)
+            target += fleet_target
+            terminated += self._terminate_idle(cluster, fleet.id, fleet_target)
+        logger.info(
+            "scale-in: %d idle machine(s) terminated, target %d, service %d containers", terminated, target, service
+        )
+
+    def _lower_service(self, cluster: str, name: str, containers: int) -> int:
+        """Lower the service's desired count to `containers`; returns its desired count (0: no service)."""
+        service = ecs_api.describe_service(self._ecs, cluster, name) if cluster else None
+        if service is None:
+            return 0
+        if containers < service["desiredCount"]:
+            ecs_api.set_desired_count(self._ecs, cluster, name, containers)
+            return containers
+        return service["desiredCount"]
+
+    def _terminate_idle(self, cluster: str, fleet_id: str, target: int) -> int:
+        """Terminate the fleet's machines that run no ECS task, down to `target` machines; returns how many."""
+        machines = ec2_api.fleet_instance_ids(self._ec2, fleet_id)
+        surplus = len(machines) - target
+        if surplus <= 0 or not cluster:
+            return 0
+        idle = set(sorted(ecs_api.idle_container_instances(self._ecs, cluster, machines))[:surplus])
+        if idle:
+            ec2_api.terminate_instances(self._ec2, idle)
+            ecs_api.deregister_container_instances(self._ecs, cluster, idle)
+        return len(idle)
 
     def running_fleets(self) -> list[str]:
         """Run ids of every active fleet request this package made."""

@@ -1,0 +1,90 @@
+"""The spot-fleet backend's cost, budget and 'cheapest' mode against in-process moto: the estimate
+from the spot price history, the spend of the run's machines, the monitor's budget stop, the fleet
+held at what it has, and the machines shown in each reading."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import boto3
+import pytest
+
+from core.aws.clients import AwsClients
+from core.config import RunConfig, parse_config
+from core.errors import BudgetExceededError
+from core.fleets.local import LocalFleet
+from tasks.monitor import _FleetGuard
+from tests.test_spot_fleet import backend, settings, start
+
+pytestmark = pytest.mark.usefixtures("aws_mock")
+
+LOGGER = logging.getLogger("test")
+
+
+def moto_price(machine_type: str) -> float:
+    """moto answers the price history with one fixed price per zone offering the type."""
+    history = boto3.client("ec2").describe_spot_price_history(InstanceTypes=[machine_type])["SpotPriceHistory"]
+    return min(float(point["SpotPrice"]) for point in history)
+
+
+def test_the_estimate_is_machines_times_the_spot_price_and_rounds_of_jobs_times_their_length(tmp_path: Path) -> None:
+    fleet = backend(settings(tmp_path, machine_types=("m5.xlarge",), expected_job_minutes=30))
+    estimate = fleet.cost_estimate(jobs=10)
+
+    price = moto_price("m5.xlarge")
+    rounds = math.ceil(10 / (2 * 2))  # 2 machines x 2 containers x 1 process
+    assert estimate.hours == rounds * 30 / 60
+    assert estimate.usd_per_hour is not None and estimate.usd_per_hour.low == pytest.approx(2 * price)
+    assert estimate.total_usd is not None and estimate.total_usd.high == pytest.approx(2 * price * rounds * 0.5)
+    assert any("m5.xlarge" in line for line in estimate.assumptions)
+
+
+def test_the_cost_so_far_counts_the_runs_machines_and_the_status_shows_them(tmp_path: Path) -> None:
+    fleet = backend(settings(tmp_path, machine_types=("m5.xlarge",)))
+    handle = start(fleet)
+
+    spent = fleet.cost(handle)
+    status = fleet.status(handle)
+
+    assert spent.machines == 2 and spent.total_usd is not None and spent.total_usd >= 0
+    assert (status.machines_target, status.machines_running) == (2, 2)
+
+
+def test_the_budget_stops_the_run_once_the_machines_have_cost_it(tmp_path: Path) -> None:
+    fleet = backend(settings(tmp_path, machine_types=("m5.xlarge",)))
+    handle = start(fleet)
+    config = _config(tmp_path, budget_usd=1e-12)  # any time at moto's price passes it
+
+    with pytest.raises(BudgetExceededError, match=r"fleet.budget_usd \(\$0.00\); stopping the run"):
+        _FleetGuard(config, fleet, handle, LOGGER).check()
+
+
+def test_a_budget_not_reached_lets_the_run_go_on(tmp_path: Path) -> None:
+    fleet = backend(settings(tmp_path, machine_types=("m5.xlarge",)))
+    handle = start(fleet)
+    _FleetGuard(_config(tmp_path, budget_usd=1000.0), fleet, handle, LOGGER).check()
+
+
+def test_cheapest_mode_holds_the_fleet_at_one_machine_without_terminating_any(tmp_path: Path) -> None:
+    fleet = backend(settings(tmp_path, machine_types=("m5.xlarge",)))
+    handle = start(fleet)
+
+    _FleetGuard(_config(tmp_path, cheapest_after_s=0), fleet, handle, LOGGER).check()
+
+    status = fleet.status(handle)
+    assert (status.machines_target, status.machines_running) == (1, 2)
+
+
+def _config(tmp_path: Path, **fleet_settings: object) -> RunConfig:
+    """A run config naming the fleet file that settings() wrote."""
+    fleet = {"backend": "spot-fleet", "fleet_file": str(tmp_path / "fleet.json"), **fleet_settings}
+    return parse_config(
+        {"app_name": "demo", "job_file": "jobs.json", "command": "run", "bucket": "records", "fleet": fleet}, "test"
+    )
+
+
+def test_the_local_fleet_costs_nothing_and_has_no_machines(tmp_path: Path) -> None:
+    local = LocalFleet.from_clients(AwsClients(boto3.session.Session(), "us-east-1"), None)
+    assert local.cost_estimate(100) is None and local.cost(local.handle_for("r1")) is None
