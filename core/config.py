@@ -131,6 +131,24 @@ class FleetSettings(_Section):
         le=3600,
         description="Longest wait for the machines when the fleet starts; then go on with what came.",
     )
+    expected_job_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long one job takes, for the cost estimate shown before the fleet starts; "
+        "without it the estimate is a price per hour.",
+    )
+    budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop the run (workers, machines, everything) once its machines have cost this much in USD; "
+        "the jobs not done by then are listed as unfinished.",
+    )
+    cheapest_after_s: int | None = Field(
+        default=None,
+        ge=0,
+        description="'Cheapest' mode (Distributed-Something's monitor 'cheapest'): this many seconds after the "
+        "fleet starts, stop replacing machines: the run goes on with the machines it has (at least one).",
+    )
 
 
 class CheckIfDoneSettings(_Section):
@@ -196,9 +214,28 @@ class RunConfig(_Section):
     log_group_name: str | None = Field(
         default=None, description="CloudWatch log group (LOG_GROUP_NAME); default: app_name."
     )
-    keep_dead_letter_queue: bool = Field(
+    preflight: bool = Field(
+        default=True,
+        description="Check the account and this config (roles, network, quotas, buckets, queue names) before "
+        "anything is created, and stop with every problem found; false skips it (setup still checks the basics).",
+    )
+    dead_letter_queue_after_run: Literal["delete", "keep", "keep-if-jobs"] = Field(
+        default="keep-if-jobs",
+        description="What cleanup does with the dead-letter queue: 'keep-if-jobs' keeps it while it holds dead "
+        "jobs (they expire after 14 days; the janitor deletes it once empty), 'keep' always, 'delete' always. "
+        "Dead jobs are listed in the run summary either way.",
+    )
+    keep_log_group: bool = Field(
         default=False,
-        description="Keep the dead-letter queue after the run. Dead jobs are always listed in the run summary.",
+        description="Keep the run's CloudWatch log group after its export to S3 (runs/<run id>/logs/); "
+        "by default it is deleted once the export completed.",
+    )
+    log_export_wait_s: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="Longest wait at cleanup for the log export to S3; a log group whose export did not complete "
+        "is kept (60 days' retention) and said so.",
     )
     queue: QueueSettings = Field(default_factory=QueueSettings)
     container: ContainerSettings = Field(default_factory=ContainerSettings)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.aws import sqs
 from core.fleets.base import FleetBackend
-from core.models import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID
+from core.tags import CREATED_BY, DEAD_LETTER, TAG_APP, TAG_CREATED_BY, TAG_QUEUE_ROLE, TAG_RUN_ID
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,10 @@ def sweep(
         name = url.rsplit("/", 1)[-1]
         run_id = tags.get(TAG_RUN_ID, "")
         verdict = over(run_id)
-        if verdict is True:
+        dead_jobs = _dead_jobs_kept(sqs_client, url, tags) if verdict is True else 0
+        if dead_jobs:
+            kept.append(f"queue {name} (run {run_id} is over; holds {dead_jobs} dead job(s) until they expire)")
+        elif verdict is True:
             if not dry_run:
                 sqs.delete_queue(sqs_client, name)
             removed.append(f"queue {name} (run {run_id})")
@@ -71,3 +74,10 @@ def sweep(
     for line in removed:
         logger.info("%s %s", "Would remove" if dry_run else "Removed", line)
     return JanitorReport(removed=removed, kept=kept)
+
+
+def _dead_jobs_kept(sqs_client: BaseClient, url: str, tags: dict[str, str]) -> int:
+    """Jobs in a dead-letter queue that cleanup kept for them (dead_letter_queue_after_run)."""
+    if tags.get(TAG_QUEUE_ROLE) != DEAD_LETTER:
+        return 0
+    return sqs.queue_counts(sqs_client, url).total

@@ -7,11 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.config import RunConfig
-
-TAG_APP = "app"
-TAG_RUN_ID = "run-id"
-TAG_CREATED_BY = "created-by"
-CREATED_BY = "prefect-distributed"
+from core.cost import CostEstimate, CostReport
+from core.tags import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID
 
 
 def run_log_group(base: str, run_id: str) -> str:
@@ -75,6 +72,8 @@ class FleetHandle(_Model):
 class FleetStatus(_Model):
     target: int = Field(description="Workers asked for.")
     running: int = Field(description="Workers alive now.")
+    machines_target: int | None = Field(default=None, description="Machines the fleet asks for; None: no machines.")
+    machines_running: int | None = Field(default=None, description="Machines running now; None: no machines.")
 
 
 class RunSnapshot(_Model):
@@ -86,6 +85,8 @@ class RunSnapshot(_Model):
     delayed: int
     dead: int
     workers_running: int
+    machines_target: int | None = Field(default=None, description="Machines the fleet asks for (spot-fleet).")
+    machines_running: int | None = Field(default=None, description="Machines running now (spot-fleet).")
 
     @property
     def finished(self) -> int:
@@ -129,7 +130,16 @@ class RunSummary(_Model):
     run_id: str
     app_name: str
     records_uri: str = Field(description="Where the run's records and this summary are stored in S3.")
+    manifest_uri: str | None = Field(
+        default=None, description="The CSV listing every job with its final state (job_id, state, attempts, reason)."
+    )
     error: str | None = Field(default=None, description="Why the run stopped early, if it did.")
+    cost_estimate: CostEstimate | None = Field(
+        default=None, description="What the run was expected to cost before its fleet started (spot-fleet)."
+    )
+    cost: CostReport | None = Field(
+        default=None, description="Instance-hours the run's machines used, and their cost at spot prices (spot-fleet)."
+    )
 
     @property
     def accounted(self) -> int:

@@ -15,6 +15,8 @@ from botocore.client import BaseClient
 
 from core.aws.s3 import get_json, list_keys, put_json
 from core.aws.sqs import DeadMessage
+from core.jobs import Job
+from core.manifest import JobState, Manifest
 from core.models import DeadJob, RunResources, RunSummary
 
 OUTCOME_STATUSES = ("succeeded", "skipped")
@@ -62,34 +64,42 @@ def dead_jobs(s3: BaseClient, resources: RunResources, messages: Iterable[DeadMe
 def build_summary(
     *,
     resources: RunResources,
-    job_ids: Iterable[str],
+    jobs: Iterable[Job],
     outcomes: dict[str, str],
     dead: list[DeadJob],
     duration_s: float,
     error: str | None,
+    manifest: Manifest | None = None,
 ) -> RunSummary:
-    """Account for every job of the job file exactly once.
+    """Account for every job of the job file exactly once, and list each in the manifest.
 
     A job with an outcome counts by its outcome even if a duplicate copy also died; jobs with
-    neither an outcome nor a dead copy are listed as unfinished.
+    neither an outcome nor a dead copy are listed as unfinished. A job id that appears twice in the
+    stream (it cannot: the job file check refuses duplicates) would still count once.
     """
     dead_by_id = {job.job_id: job for job in dead}
-    done: dict[str, str] = {}
+    counts = {"succeeded": 0, "skipped": 0}
     failed = []
     unfinished = []
     total = 0
-    for job_id in job_ids:
+    for job in jobs:
         total += 1
-        if job_id in outcomes:
-            done[job_id] = outcomes[job_id]
-        elif job_id in dead_by_id:
-            failed.append(dead_by_id[job_id])
+        state: JobState
+        if job.job_id in outcomes:
+            state = "skipped" if outcomes[job.job_id] == "skipped" else "succeeded"
+            counts[state] += 1
+        elif job.job_id in dead_by_id:
+            state = "failed"
+            failed.append(dead_by_id[job.job_id])
         else:
-            unfinished.append(job_id)
+            state = "unfinished"
+            unfinished.append(job.job_id)
+        if manifest is not None:
+            manifest.add(job.job_id, job.fields, state, dead_by_id.get(job.job_id))
     return RunSummary(
         total=total,
-        succeeded=sum(1 for status in done.values() if status == "succeeded"),
-        skipped=sum(1 for status in done.values() if status == "skipped"),
+        succeeded=counts["succeeded"],
+        skipped=counts["skipped"],
         failed=failed,
         unfinished=sorted(unfinished),
         duration_s=round(duration_s, 1),

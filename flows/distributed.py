@@ -1,11 +1,17 @@
 """The `distributed` flow: one batch from job file to results, and nothing left behind.
 
-    validate -> setup -> enqueue -> start fleet -> monitor -> summarize -> cleanup -> publish
+    validate -> preflight -> setup -> enqueue -> cost estimate -> start fleet -> monitor
+             -> summarize -> cleanup -> publish
 
-Validation runs before anything is created. Summarize, cleanup and publish run however the batch
-ended (finished, failed or cancelled), in that order: the dead-letter queue is read before cleanup
-deletes it. If the flow's process is killed outright, the `on_crashed` hook (run by the Prefect
-worker) cleans up from the run id alone, and the janitor flow catches anything left after that.
+Validation and the preflight of the account run before anything is created. Summarize, cleanup
+and publish run however the batch ended (finished, failed or cancelled), in that order: the
+dead-letter queue is read before cleanup may delete it. If the flow's process is killed outright,
+the `on_crashed` hook (run by the Prefect worker) cleans up from the run id alone, and the janitor
+flow catches anything left after that; with nobody to clean up, a new run with `resume_run_id`
+takes the batch over.
+
+With `action`, the same flow (and deployment name) checks the account (`preflight`) or prepares it
+once (`bootstrap`, `destroy-bootstrap`): see flows/preflight.py and flows/bootstrap.py.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import uuid4
 
 import yaml
@@ -25,16 +31,26 @@ from prefect.runtime import flow_run as current_run
 from prefect.states import State
 
 from core.batch import Batch
+from core.bootstrap import BootstrapResult, DestroyResult
+from core.cleanup import clean_up
 from core.config import RunConfig
-from core.errors import DistributedError
+from core.cost import CostEstimate
+from core.errors import ConfigError, DistributedError
 from core.models import QueueUrls, RunResources, RunSummary
-from tasks.cleanup import clean_up, cleanup_run
+from core.preflight import PreflightReport
+from flows.bootstrap import bootstrap_account
+from flows.preflight import preflight
+from tasks._aws import aws_clients
+from tasks.cleanup import cleanup_run
+from tasks.cost import estimate_run_cost
 from tasks.enqueue import enqueue_jobs
 from tasks.events import announce
 from tasks.fleet import start_fleet
 from tasks.monitor import monitor_run
+from tasks.preflight import preflight_run
 from tasks.report import publish_summary, summarize_run
 from tasks.rerun import select_failed_jobs
+from tasks.resume import check_resumable
 from tasks.setup import setup_run
 from tasks.validate import ConfigParameter, resolve_config, validate_run
 
@@ -49,15 +65,23 @@ def _app_name(config: Any) -> str:
 
 
 def _run_name() -> str:
-    return f"{_app_name(current_run.parameters.get('config'))}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    action = current_run.parameters.get("action", "run")
+    kind = "" if action == "run" else f"{action}-"
+    return f"{_app_name(current_run.parameters.get('config'))}-{kind}{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+Action = Literal["run", "preflight", "bootstrap", "destroy-bootstrap"]
 
 
 def _clean_up_after_crash(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """Runs in the Prefect worker when the flow's process died or was cancelled before its own
     cleanup could run; finds everything from the run id and the config parameter alone."""
+    if flow_run.parameters.get("action", "run") != "run":
+        return  # checking or preparing the account leaves nothing running
     logger = flow_run_logger(flow_run, flow)
     config = resolve_config(flow_run.parameters["config"])
-    result = clean_up(config, RunResources.for_run(config, str(flow_run.id)), logger)
+    run_id = flow_run.parameters.get("resume_run_id") or str(flow_run.id)
+    result = clean_up(aws_clients(config), config, RunResources.for_run(config, run_id), logger)
     logger.info("Cleaned up after the run ended %s: left %s", state.name, result.left or "nothing")
 
 
@@ -68,26 +92,46 @@ def _clean_up_after_crash(flow: Flow[..., Any], flow_run: FlowRun, state: State[
     on_crashed=[_clean_up_after_crash],
     on_cancellation=[_clean_up_after_crash],
 )
-def distributed(config: ConfigParameter, rerun_failed_from: str | None = None) -> RunSummary:
-    """Run one batch.
+def distributed(
+    config: ConfigParameter,
+    rerun_failed_from: str | None = None,
+    resume_run_id: str | None = None,
+    action: Action = "run",
+) -> RunSummary | PreflightReport | BootstrapResult | DestroyResult:
+    """Run one batch (or, by `action`, check or prepare the AWS account for batches).
 
     Args:
         config: A YAML config file path, the name of a saved 'Distributed Config' block, or the
             settings themselves as a mapping.
         rerun_failed_from: The run id of an earlier run of this config: run only the jobs it
             reported failed or unfinished (after you fixed their cause).
+        resume_run_id: The run id of a run whose flow died before the batch finished: attach to its
+            queue, fleet and records, send only what its queue lacks, watch it to the end, clean up.
+        action: 'run' a batch; 'preflight': only check the account and the config; 'bootstrap': make
+            the account's roles, instance profile and bucket policy once; 'destroy-bootstrap': remove them.
     """
+    if action == "preflight":
+        return preflight(config)
+    if action in ("bootstrap", "destroy-bootstrap"):
+        return bootstrap_account(config, destroy=action == "destroy-bootstrap")
     validated = validate_run(config)
     run_config = validated.config
+    if rerun_failed_from and resume_run_id:
+        raise ConfigError("give rerun_failed_from or resume_run_id, not both")
+    if run_config.preflight:
+        preflight_run(run_config)
+    if resume_run_id:
+        check_resumable(run_config, resume_run_id)
     batch = (
         select_failed_jobs(run_config, validated.jobs, rerun_failed_from)
         if rerun_failed_from
         else Batch(file=validated.jobs)
     )
-    resources = RunResources.for_run(run_config, str(current_run.id or uuid4()))
+    resources = RunResources.for_run(run_config, resume_run_id or str(current_run.id or uuid4()))
     _tag_run(run_config)
     started = time.monotonic()
     urls: QueueUrls | None = None
+    estimate: CostEstimate | None = None
     error: str | None = None
     try:
         with tags(f"app:{run_config.app_name}"):
@@ -95,6 +139,7 @@ def distributed(config: ConfigParameter, rerun_failed_from: str | None = None) -
             announce(resources, "queue-ready", queue=resources.queue_name)
             enqueued = enqueue_jobs(run_config, resources, urls, batch)
             announce(resources, "jobs-enqueued", jobs=enqueued.total)
+            estimate = estimate_run_cost(run_config, batch.count)
             fleet = start_fleet(run_config, resources, urls)
             announce(resources, "fleet-up", fleet=fleet.id, workers=fleet.workers)
             final = monitor_run(run_config, resources, urls, fleet, batch.count)
@@ -103,7 +148,7 @@ def distributed(config: ConfigParameter, rerun_failed_from: str | None = None) -
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        summary = _finish(run_config, resources, batch, started, error, setup_done=urls is not None)
+        summary = _finish(run_config, resources, batch, started, error, estimate, setup_done=urls is not None)
     if summary is None:
         raise DistributedError(f"Run {resources.run_id} finished but its summary could not be built; see the log")
     return summary
@@ -119,7 +164,13 @@ def _tag_run(config: RunConfig) -> None:
 
 
 def _finish(
-    config: RunConfig, resources: RunResources, batch: Batch, started: float, error: str | None, setup_done: bool
+    config: RunConfig,
+    resources: RunResources,
+    batch: Batch,
+    started: float,
+    error: str | None,
+    estimate: CostEstimate | None,
+    setup_done: bool,
 ) -> RunSummary | None:
     """Summarize (when setup got far enough to have records), clean up, publish.
 
@@ -136,4 +187,4 @@ def _finish(
     announce(resources, "cleanup-done", deleted=cleanup.deleted, left=cleanup.left)
     if summary is None:
         return None
-    return publish_summary(config, resources, summary, cleanup)
+    return publish_summary(config, resources, summary, cleanup, estimate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import quote
 
 from prefect import get_run_logger, task
@@ -12,6 +13,9 @@ from prefect.cache_policies import NO_CACHE
 from core.aws import sqs
 from core.batch import Batch
 from core.config import RunConfig
+from core.cost import CostEstimate
+from core.fleets import fleet_backend
+from core.manifest import Manifest
 from core.models import CleanupResult, RunResources, RunSummary
 from core.records import build_summary, dead_jobs, read_outcomes, save_summary
 from tasks._aws import AWS_RETRIES, aws_clients
@@ -21,18 +25,59 @@ from tasks._aws import AWS_RETRIES, aws_clients
 def summarize_run(
     config: RunConfig, resources: RunResources, batch: Batch, duration_s: float, error: str | None
 ) -> RunSummary:
-    """Read outcomes and the dead-letter queue; must run before cleanup deletes that queue."""
+    """Read outcomes and the dead-letter queue (before cleanup may delete it), write the manifest
+    of every job to S3 and show its head in the UI, dead jobs first."""
     clients = aws_clients(config)
     s3_client, sqs_client = clients.client("s3"), clients.client("sqs")
     dead_letter_url = sqs.queue_url(sqs_client, resources.dead_letter_queue_name)
     messages = sqs.read_dead_messages(sqs_client, dead_letter_url) if dead_letter_url else []
-    return build_summary(
-        resources=resources,
-        job_ids=(job.job_id for job in batch.jobs(config.command)),
-        outcomes=read_outcomes(s3_client, resources),
-        dead=dead_jobs(s3_client, resources, messages),
-        duration_s=duration_s,
-        error=error,
+    with Manifest() as manifest:
+        summary = build_summary(
+            resources=resources,
+            jobs=batch.jobs(config.command),
+            outcomes=read_outcomes(s3_client, resources),
+            dead=dead_jobs(s3_client, resources, messages),
+            duration_s=duration_s,
+            error=error,
+            manifest=manifest,
+        )
+        uri = manifest.upload(s3_client, resources.records_bucket, f"{resources.records_prefix}/manifest.csv")
+        _jobs_table(summary, manifest.preview, uri)
+    return summary.model_copy(update={"manifest_uri": uri})
+
+
+# The UI table holds the dead and unfinished jobs first, then the first finished ones; the
+# manifest in S3 lists them all.
+MAX_TABLE_ROWS = 1000
+
+
+def _jobs_table(summary: RunSummary, finished: list[dict[str, Any]], uri: str) -> None:
+    rows: list[dict[str, Any]] = [
+        {
+            "job_id": d.job_id,
+            "state": "failed",
+            "attempts": d.attempts,
+            "reason": d.reason,
+            "fields": json.dumps(d.fields),
+        }
+        for d in summary.failed
+    ]
+    rows += [
+        {
+            "job_id": job_id,
+            "state": "unfinished",
+            "attempts": "",
+            "reason": "no outcome when the run ended",
+            "fields": "",
+        }
+        for job_id in summary.unfinished
+    ]
+    rows = (rows + finished)[:MAX_TABLE_ROWS]
+    create_table_artifact(
+        rows,
+        key="jobs",
+        description=f"{len(rows)} of the {summary.total} jobs of run {summary.run_id}, dead and unfinished first; "
+        f"every job with its state: {uri}",
     )
 
 
@@ -78,12 +123,19 @@ def _markdown(summary: RunSummary, config: RunConfig, resources: RunResources, o
         f"| failed (dead-letter queue) | {len(summary.failed)} |",
         f"| unfinished | {len(summary.unfinished)} |",
         "",
-        f"Duration: {summary.duration_s:.1f} s. Records and summary: `{summary.records_uri}`",
+        f"Duration: {summary.duration_s:.1f} s. Records and summary: `{summary.records_uri}`; "
+        f"every job's state: `{summary.manifest_uri}`",
         "",
         f"Left in AWS: {', '.join(summary.resources_left) or 'nothing'}.",
     ]
     if summary.resources_kept:
         lines.append(f"Kept on purpose: {', '.join(summary.resources_kept)}.")
+    if summary.skipped:
+        lines += ["", _skipped_note(summary)]
+    if summary.cost_estimate is not None:
+        lines += ["", summary.cost_estimate.text]
+    if summary.cost is not None:
+        lines += ["", summary.cost.text]
     if summary.error:
         lines += ["", f"**The run stopped early:** {summary.error}"]
     shown = summary.model_copy(update={"failed": summary.failed[:MAX_DEAD_JOBS_SHOWN]})
@@ -98,14 +150,32 @@ def _markdown(summary: RunSummary, config: RunConfig, resources: RunResources, o
     return "\n".join(lines)
 
 
+def _skipped_note(summary: RunSummary) -> str:
+    every = "Every job" if summary.skipped == summary.total else f"{summary.skipped} of the {summary.total} jobs"
+    return f"{every} already had its outputs in place (check-if-done): skipped, its program not run."
+
+
 @task(name="publish summary", cache_policy=NO_CACHE, **AWS_RETRIES)
 def publish_summary(
-    config: RunConfig, resources: RunResources, summary: RunSummary, cleanup: CleanupResult
+    config: RunConfig,
+    resources: RunResources,
+    summary: RunSummary,
+    cleanup: CleanupResult,
+    estimate: CostEstimate | None = None,
 ) -> RunSummary:
     """Add cleanup's result, save the summary next to the run's records, and show it in the UI."""
     logger = get_run_logger()
-    summary = summary.model_copy(update={"resources_left": cleanup.left, "resources_kept": cleanup.kept})
     clients = aws_clients(config)
+    backend = fleet_backend(clients, config)
+    summary = summary.model_copy(
+        update={
+            "resources_left": cleanup.left,
+            "resources_kept": cleanup.kept,
+            "cost_estimate": estimate,
+            # After cleanup, so that every machine's hours end at its termination.
+            "cost": backend.cost(backend.handle_for(resources.run_id)),
+        }
+    )
     save_summary(clients.client("s3"), resources, summary)
     markdown = _markdown(summary, config, resources, on_aws=clients.endpoint_url is None)
     create_markdown_artifact(markdown, key="run-summary", description=f"Summary of run {summary.run_id}")
@@ -128,4 +198,8 @@ def publish_summary(
         len(summary.unfinished),
         summary.resources_left or "nothing",
     )
+    if summary.skipped:
+        logger.info(_skipped_note(summary))
+    if summary.cost is not None:
+        logger.info("%s", summary.cost.text)
     return summary

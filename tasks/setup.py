@@ -9,6 +9,7 @@ from core.aws import s3, sqs
 from core.config import RunConfig
 from core.fleets import fleet_backend
 from core.models import QueueUrls, RunResources
+from core.tags import DEAD_LETTER, TAG_QUEUE_ROLE
 from tasks._aws import AWS_RETRIES, aws_clients
 
 
@@ -29,7 +30,7 @@ def setup_run(config: RunConfig, resources: RunResources) -> QueueUrls:
         sqs_client,
         resources.dead_letter_queue_name,
         {"MessageRetentionPeriod": str(sqs.RETENTION_S)},
-        resources.tags,
+        {**resources.tags, TAG_QUEUE_ROLE: DEAD_LETTER},
     )
     queue_url = sqs.ensure_queue(
         sqs_client,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import boto3
@@ -9,6 +11,8 @@ import pytest
 
 from core.aws.s3 import put_json
 from core.aws.sqs import DeadMessage
+from core.jobs import Job
+from core.manifest import Manifest
 from core.models import RunResources
 from core.records import build_summary, dead_jobs, read_outcomes
 
@@ -21,6 +25,7 @@ RESOURCES = RunResources(
     dead_letter_queue_name="q-dead",
     records_bucket="records",
     records_prefix="runs/run-1",
+    log_group="cells/run-1",
     tags={},
 )
 
@@ -69,14 +74,18 @@ def test_a_dead_job_carries_the_workers_reason_or_its_last_failed_attempt(s3) ->
 
 
 def test_the_summary_accounts_for_every_job_exactly_once(s3) -> None:
+    manifest = Manifest()
     summary = build_summary(
         resources=RESOURCES,
-        job_ids=iter("abcde"),
+        jobs=(
+            Job(job_id=job_id, index=n, fields={"id": job_id}, inputs=(), output="") for n, job_id in enumerate("abcde")
+        ),
         outcomes={"a": "succeeded", "b": "skipped", "c": "succeeded", "stranger": "succeeded"},
         # "c" both succeeded and has a dead duplicate: it counts as succeeded only.
         dead=dead_jobs(s3, RESOURCES, [dead("c"), dead("d")]),
         duration_s=12.345,
         error=None,
+        manifest=manifest,
     )
     assert (summary.total, summary.succeeded, summary.skipped) == (5, 2, 1)
     assert [d.job_id for d in summary.failed] == ["d"]
@@ -84,3 +93,16 @@ def test_the_summary_accounts_for_every_job_exactly_once(s3) -> None:
     assert summary.accounted == summary.total
     assert summary.duration_s == 12.3
     assert summary.records_uri == "s3://records/runs/run-1/"
+    uri = manifest.upload(s3, "records", "runs/run-1/manifest.csv")
+    body = s3.get_object(Bucket="records", Key="runs/run-1/manifest.csv")["Body"].read().decode()
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert uri == "s3://records/runs/run-1/manifest.csv"
+    assert [(row["job_id"], row["state"]) for row in rows] == [
+        ("a", "succeeded"),
+        ("b", "skipped"),
+        ("c", "succeeded"),
+        ("d", "failed"),
+        ("e", "unfinished"),
+    ]
+    assert rows[3]["reason"] == "moved to the dead-letter queue after its retries" and rows[3]["attempts"] == "3"
+    assert json.loads(rows[4]["fields"]) == {"id": "e"}

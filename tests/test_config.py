@@ -97,7 +97,12 @@ def test_job_log_streams_are_off_and_resource_lines_every_30_s_by_default() -> N
 
 @pytest.mark.parametrize(
     ("job_log_streams", "log_group_name", "expected"),
-    [(False, None, ""), (True, None, "cells/run-1"), (True, "/batch/cells", "/batch/cells/run-1"), (False, "/batch/cells", "")],
+    [
+        (False, None, ""),
+        (True, None, "cells/run-1"),
+        (True, "/batch/cells", "/batch/cells/run-1"),
+        (False, "/batch/cells", ""),
+    ],
 )
 def test_workers_get_the_runs_own_log_group_only_when_job_log_streams_are_on(
     job_log_streams: bool, log_group_name: str | None, expected: str

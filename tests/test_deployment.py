@@ -109,13 +109,34 @@ def test_a_deployment_run_from_the_cli_completes_with_its_summary_and_artifacts(
     saved = aws(stack, "s3").get_object(Bucket="distributed-demo", Key=f"runs/{flow_run.id}/summary.json")
     assert RunSummary.model_validate_json(saved["Body"].read()) == summary
     assert "P2" in str(artifacts["dead-jobs"])
-    assert aws(stack, "sqs").list_queues().get("QueueUrls", []) == []
+    # Only the dead-letter queue is left, kept for its one dead job, and the summary says so.
+    (kept,) = aws(stack, "sqs").list_queues().get("QueueUrls", [])
+    assert kept.endswith("-dead") and "holds 1 dead job(s)" in " ".join(summary.resources_kept)
 
 
 def test_every_deployment_of_prefect_yaml_is_registered(stack: LocalStack) -> None:
     listed = cli(stack, "deployment", "ls")
-    for name in ("distributed/run", "distributed/redrive", "distributed-janitor/sweep"):
+    for name in (
+        "distributed/run",
+        "distributed/redrive",
+        "distributed/preflight",
+        "distributed/bootstrap",
+        "distributed-janitor/sweep",
+    ):
         assert name in listed.stdout, listed.stdout
+
+
+def test_the_preflight_deployment_checks_the_demo_config_and_creates_nothing(stack: LocalStack) -> None:
+    result = cli(stack, "deployment", "run", "distributed/preflight", "-p", f"config={DEMO_CONFIG}", "--watch")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    flow_run = read_flow_run(stack, flow_run_id_of(result.stdout))
+    assert flow_run.state.is_completed() and "-preflight-" in flow_run.name
+    rows = read_artifacts(stack, str(flow_run.id))["preflight"]
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert rows and all(row["status"] == "ok" for row in rows), rows
+    assert {row["check"] for row in rows} >= {"bucket"}
+    assert aws(stack, "sqs").list_queues().get("QueueUrls", []) == []
 
 
 def test_a_number_given_as_config_fails_with_how_to_quote_it(stack: LocalStack) -> None:

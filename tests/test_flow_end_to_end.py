@@ -80,6 +80,10 @@ def upload_inputs() -> None:
         s3.put_object(Bucket=BUCKET, Key=f"inputs/{well}.txt", Body=body.encode())
 
 
+def s3_text(key: str) -> str:
+    return boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+
+
 def queues_left() -> list[str]:
     return boto3.client("sqs").list_queues().get("QueueUrls", [])
 
@@ -100,7 +104,13 @@ def test_a_batch_runs_to_completion_and_leaves_nothing_behind(aws: str, tmp_path
     assert dead.fields == {"well": BROKEN_WELL}
     assert "exit status 3" in dead.reason and "corrupt value" in dead.reason and dead.attempts == 2
     assert summary.resources_left == []
-    assert queues_left() == []
+    # The dead-letter queue stays while it holds the dead job (dead_letter_queue_after_run: keep-if-jobs).
+    (kept_queue,) = queues_left()
+    assert kept_queue.endswith("-dead")
+    assert [line for line in summary.resources_kept if "holds 1 dead job(s)" in line]
+    manifest = s3_text(f"runs/{summary.run_id}/manifest.csv").splitlines()
+    assert summary.manifest_uri == f"s3://{BUCKET}/runs/{summary.run_id}/manifest.csv"
+    assert len(manifest) == 1 + len(WELLS) and sum(",failed," in row for row in manifest) == 1
 
     s3 = boto3.client("s3")
     for n, well in enumerate(WELLS):
@@ -139,7 +149,8 @@ def test_a_second_run_skips_every_job_already_done(aws: str, tmp_path: Path) -> 
     run_flow(config)
     again = run_flow(config)
     assert (again.succeeded, again.skipped, len(again.failed)) == (0, 5, 1)
-    assert queues_left() == []
+    # Each run keeps only its dead-letter queue, for its one dead job.
+    assert len(queues_left()) == 2 and all(url.endswith("-dead") for url in queues_left())
 
 
 @pytest.mark.parametrize(

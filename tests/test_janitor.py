@@ -15,7 +15,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.states import Running
 
-from core.models import CREATED_BY
+from core.tags import CREATED_BY, DEAD_LETTER, TAG_QUEUE_ROLE
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -25,8 +25,14 @@ def finished_flow() -> None:
     """Stands in for a run that ended (its own cleanup having been killed)."""
 
 
-def leftover_queue(sqs, name: str, run_id: str, app: str = "cells") -> None:
-    sqs.create_queue(QueueName=name, tags={"app": app, "run-id": run_id, "created-by": CREATED_BY})
+def leftover_queue(sqs, name: str, run_id: str, app: str = "cells", dead_jobs: int | None = None) -> None:
+    """A run's queue; with `dead_jobs`, a dead-letter queue holding that many jobs."""
+    tags = {"app": app, "run-id": run_id, "created-by": CREATED_BY}
+    if dead_jobs is not None:
+        tags[TAG_QUEUE_ROLE] = DEAD_LETTER
+    url = sqs.create_queue(QueueName=name, tags=tags)["QueueUrl"]
+    for n in range(dead_jobs or 0):
+        sqs.send_message(QueueUrl=url, MessageBody=f"job {n}")
 
 
 @pytest.fixture
@@ -60,23 +66,25 @@ def test_leftovers_of_finished_runs_go_and_running_or_unknown_runs_stay(
     unknown_run = str(uuid.uuid4())
     sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
     leftover_queue(sqs, "cells-finished", finished_run)
-    leftover_queue(sqs, "cells-finished-dead", finished_run)
+    leftover_queue(sqs, "cells-finished-dead", finished_run, dead_jobs=0)
+    leftover_queue(sqs, "cells-earlier-dead", finished_run, dead_jobs=2)  # kept by its run's cleanup
     leftover_queue(sqs, "cells-running", str(running.id))
     leftover_queue(sqs, "cells-unknown", unknown_run)
     sqs.create_queue(QueueName="someone-elses-queue")
 
     dry = janitor(endpoint_url=moto_endpoint, dry_run=True)
-    assert len(dry.removed) == 3 and len(sqs.list_queues()["QueueUrls"]) == 5 and worker.poll() is None
+    assert len(dry.removed) == 3 and len(sqs.list_queues()["QueueUrls"]) == 6 and worker.poll() is None
 
     report = janitor(endpoint_url=moto_endpoint)
     remaining = sorted(url.rsplit("/", 1)[-1] for url in sqs.list_queues()["QueueUrls"])
-    assert remaining == ["cells-running", "cells-unknown", "someone-elses-queue"]
+    assert remaining == ["cells-earlier-dead", "cells-running", "cells-unknown", "someone-elses-queue"]
     assert sorted(report.removed) == [
         f"fleet {local_state / finished_run} (run {finished_run})",
         f"queue cells-finished (run {finished_run})",
         f"queue cells-finished-dead (run {finished_run})",
     ]
     assert any("is running" in line for line in report.kept) and any("unknown here" in line for line in report.kept)
+    assert any(line.startswith("queue cells-earlier-dead") and "holds 2 dead job(s)" in line for line in report.kept)
     deadline = time.monotonic() + 20
     while worker.poll() is None:
         assert time.monotonic() < deadline, "the stray worker of a finished run was not stopped"

@@ -20,13 +20,17 @@ import boto3
 import pytest
 import yaml
 
+from core.aws.clients import AwsClients
+from core.bootstrap import bootstrap
+from core.config import parse_config
 from core.models import RunSummary
 from tests.test_flow_end_to_end import BROKEN_WELL, BUCKET, upload_inputs, write_batch
+from tests.test_preflight import make_subnet, write_fleet_file
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 REPO = Path(__file__).resolve().parents[1]
-FLEET_FILE = REPO / "deployments" / "aws" / "fleet.example.json"
+BOOTSTRAP_CONFIG = {"app_name": "e2e-spot", "job_file": "jobs.json", "command": "run", "bucket": BUCKET}
 
 
 def container_environment(ecs, family: str) -> dict[str, str]:
@@ -40,18 +44,31 @@ def test_a_spot_fleet_batch_runs_to_completion_and_leaves_nothing_behind(
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     upload_inputs()
+    # The account as a newcomer prepares it: the bootstrap's roles, and a subnet that reaches ECS;
+    # the run's preflight then checks them for real.
+    account = bootstrap(
+        AwsClients(boto3.session.Session(), "us-east-1"), parse_config(BOOTSTRAP_CONFIG, "test"), sleep=lambda _: None
+    )
+    subnet, group = make_subnet(public=True)
+    fleet_file = write_fleet_file(
+        tmp_path,
+        fleet_role=account.fleet_role_arn,
+        instance_profile=account.instance_profile_arn,
+        subnet=subnet,
+        group=group,
+    )
     config_path = write_batch(
         tmp_path,
         app_name="e2e-spot",
         fleet={
             "backend": "spot-fleet",
-            "fleet_file": str(FLEET_FILE),
+            "fleet_file": str(fleet_file),
             "machines": 2,
             "tasks_per_machine": 1,
             "machine_types": ["m5.large"],
             "ebs_volume_gb": 30,
             "ecs_cluster": "e2e-cluster",
-            "task_role_arn": "arn:aws:iam::123456789012:role/e2e-task-role",
+            "task_role_arn": account.task_role_arn,
             "capacity_wait_s": 5,
         },
         container={"image": "example/worker:1", "cpu_units": 1024, "memory_mib": 2048},
@@ -78,6 +95,16 @@ def test_a_spot_fleet_batch_runs_to_completion_and_leaves_nothing_behind(
     environment = container_environment(ecs, families[0])
     assert "AWS_SECRET_ACCESS_KEY" not in environment and "AWS_ACCESS_KEY_ID" not in environment
     assert environment["DISTRIBUTED_SPOT_WATCH"] == "true"
+    # The awslogs driver would send the containers' output to the run's own log group; moto runs no
+    # containers, so one line stands in for it (the export at cleanup must carry it to S3).
+    (definition,) = ecs.describe_task_definition(taskDefinition=families[0])["taskDefinition"]["containerDefinitions"]
+    log_group = definition["logConfiguration"]["options"]["awslogs-group"]
+    assert log_group.startswith("e2e-spot/")
+    logs_client = boto3.client("logs")
+    logs_client.create_log_stream(logGroupName=log_group, logStreamName="worker/1")
+    logs_client.put_log_events(
+        logGroupName=log_group, logStreamName="worker/1", logEvents=[{"timestamp": 1000, "message": "worker started"}]
+    )
 
     containers = [
         subprocess.Popen(
@@ -110,7 +137,12 @@ def test_a_spot_fleet_batch_runs_to_completion_and_leaves_nothing_behind(
     assert summary.resources_left == []
 
     ec2 = boto3.client("ec2")
-    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+    (kept_queue,) = boto3.client("sqs").list_queues().get("QueueUrls", [])
+    assert kept_queue.endswith("-dead")  # kept while it holds the dead job, and said so
+    assert "holds 1 dead job(s)" in " ".join(summary.resources_kept)
+    assert boto3.client("logs").describe_log_groups()["logGroups"] == []
+    exported = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{summary.run_id}/logs/")
+    assert exported["KeyCount"] > 0, "the run's log group was not exported before it was deleted"
     active = [
         request
         for request in ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
