@@ -110,10 +110,12 @@ def distributed(
         action: 'run' a batch; 'preflight': only check the account and the config; 'bootstrap': make
             the account's roles, instance profile and bucket policy once; 'destroy-bootstrap': remove them.
     """
+    # Run inline (.fn), not as subflows: their artifacts then belong to this flow run, the one the
+    # deployment started and the UI shows.
     if action == "preflight":
-        return preflight(config)
+        return preflight.fn(config)
     if action in ("bootstrap", "destroy-bootstrap"):
-        return bootstrap_account(config, destroy=action == "destroy-bootstrap")
+        return bootstrap_account.fn(config, destroy=action == "destroy-bootstrap")
     validated = validate_run(config)
     run_config = validated.config
     if rerun_failed_from and resume_run_id:

@@ -127,6 +127,7 @@ def test_every_deployment_of_prefect_yaml_is_registered(stack: LocalStack) -> No
 
 
 def test_the_preflight_deployment_checks_the_demo_config_and_creates_nothing(stack: LocalStack) -> None:
+    queues_before = aws(stack, "sqs").list_queues().get("QueueUrls", [])
     result = cli(stack, "deployment", "run", "distributed/preflight", "-p", f"config={DEMO_CONFIG}", "--watch")
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -136,7 +137,7 @@ def test_the_preflight_deployment_checks_the_demo_config_and_creates_nothing(sta
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert rows and all(row["status"] == "ok" for row in rows), rows
     assert {row["check"] for row in rows} >= {"bucket"}
-    assert aws(stack, "sqs").list_queues().get("QueueUrls", []) == []
+    assert aws(stack, "sqs").list_queues().get("QueueUrls", []) == queues_before
 
 
 def test_a_number_given_as_config_fails_with_how_to_quote_it(stack: LocalStack) -> None:
@@ -177,10 +178,15 @@ def start_slow_batch(stack: LocalStack, tmp_path: Path) -> str:
 
 
 def wait_until_clean(stack: LocalStack) -> None:
+    """The slow batch's queues are gone (another test's run may keep its dead-letter queue)."""
     sqs = aws(stack, "sqs")
     deadline = time.monotonic() + 60
-    while sqs.list_queues().get("QueueUrls", []):
-        assert time.monotonic() < deadline, f"queues left: {sqs.list_queues()['QueueUrls']}"
+
+    def slow_queues() -> list[str]:
+        return [url for url in sqs.list_queues().get("QueueUrls", []) if "slow-" in url]
+
+    while slow_queues():
+        assert time.monotonic() < deadline, f"queues left: {slow_queues()}"
         time.sleep(1)
     while subprocess.run(["pgrep", "-f", "time.sleep\\(300\\)"], capture_output=True, check=False).returncode == 0:
         assert time.monotonic() < deadline, "a job's program is still running"

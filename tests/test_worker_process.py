@@ -6,7 +6,9 @@ never on the order of calls.
 
 from __future__ import annotations
 
+import csv
 import http.server
+import io
 import json
 import logging
 import os
@@ -28,6 +30,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from core import emulator
+from core.jobs import Job
+from core.manifest import Manifest
+from core.models import RunResources
+from core.records import build_summary, read_outcomes
 from worker import spot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -710,18 +716,23 @@ def top_up(stack: Stack, pending: list[str], backlog: int) -> None:
         stack.send_jobs(batch)
 
 
-def test_chaos_workers_killed_at_random_lose_no_job_and_repeat_none(make_stack: MakeStack) -> None:
+def test_chaos_workers_killed_at_random_and_duplicate_deliveries_lose_no_job_and_count_none_twice(
+    make_stack: MakeStack,
+) -> None:
     """500 jobs, 4 workers; every 1-2 s one worker is SIGKILLed and a new one started in its place.
 
-    A killed worker's job comes back after the (short) visibility timeout; moto also delivers some
-    messages twice. Whatever the receive counts, every job must end with exactly one output and one
-    `succeeded` outcome record, and nothing dead. The test feeds the queue as it drains rather than
+    A killed worker's job comes back after the (short) visibility timeout, as a job does whose worker
+    did not delete it in time; and every fifth job is delivered twice on purpose (SQS delivers at
+    least once). Whatever the receive counts, every job must end with exactly one output and one
+    `succeeded` outcome record, nothing dead, and the run's manifest must list the 500 jobs once
+    each, its counts matching the outputs in S3. The test feeds the queue as it drains rather than
     all at once: moto's cost per call grows with the queue's depth, which is not what is tested.
     """
     rng = random.Random(20260301)
     stack = make_stack(visibility_timeout_s=3, max_receive_count=10)
     job_ids = [f"job-{number:03d}" for number in range(CHAOS_JOBS)]
-    pending = list(job_ids)
+    pending = job_ids + job_ids[::5]  # every fifth job a second time
+    rng.shuffle(pending)
     top_up(stack, pending, CHAOS_BACKLOG)
     # sh, not python: a job takes milliseconds, so the workers spend their time on the queue.
     command = """sh -c 'echo "$0" > "$1/result.txt"' {job_id} {output_dir}"""
@@ -753,3 +764,28 @@ def test_chaos_workers_killed_at_random_lose_no_job_and_repeat_none(make_stack: 
         assert stack.text(OUTPUT_BUCKET, f"results/{job_id}/result.txt") == job_id + "\n"
     assert stack.counts() == (0, 0, 0)
     assert stack.counts(stack.dlq_url) == (0, 0, 0)
+
+    resources = RunResources(
+        run_id=RUN_ID,
+        app_name="chaos",
+        queue_name="q",
+        dead_letter_queue_name="q-dead",
+        records_bucket=RECORDS_BUCKET,
+        records_prefix=f"runs/{RUN_ID}",
+        log_group=f"chaos/{RUN_ID}",
+        tags={},
+    )
+    with Manifest() as manifest:
+        summary = build_summary(
+            resources=resources,
+            jobs=(Job(job_id=job_id, index=n, fields={}, inputs=(), output="") for n, job_id in enumerate(job_ids)),
+            outcomes=read_outcomes(stack.s3, resources),
+            dead=[],
+            duration_s=0,
+            error=None,
+            manifest=manifest,
+        )
+        manifest.upload(stack.s3, RECORDS_BUCKET, "manifest.csv")
+    rows = list(csv.DictReader(io.StringIO(stack.text(RECORDS_BUCKET, "manifest.csv"))))
+    assert sorted(row["job_id"] for row in rows) == job_ids  # each job once
+    assert summary.succeeded == sum(row["state"] == "succeeded" for row in rows) == len(stack.keys(OUTPUT_BUCKET))
