@@ -605,3 +605,14 @@ def test_scale_in_terminates_idle_machines_only_down_to_the_new_target(tmp_path:
     assert registered_machines() == set()
     assert ec2.fleet_state(boto3.client("ec2"), fleet_id).target == 0
     assert ecs.describe_service(boto3.client("ecs"), "demo-cluster", resource_name("r1"))["desiredCount"] == 0
+
+
+def test_a_second_launch_template_of_a_run_becomes_a_new_version_of_the_same_template() -> None:
+    """A start retried after its launch template was made but before its fleet was requested."""
+    client = boto3.client("ec2")
+    data = ec2.launch_template_data(fleet_file(), ebs_volume_gb=30, cluster="c", image_id="ami-12345678", tags=TAGS)
+
+    first = ec2.ensure_launch_template(client, resource_name("r1"), data, TAGS)
+    second = ec2.ensure_launch_template(client, resource_name("r1"), data, TAGS)
+
+    assert (second.id, second.version) == (first.id, first.version + 1)
