@@ -12,15 +12,18 @@ file, the first thing its submitJob does. Each measurement runs in a fresh proce
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 from benchmarks.common import COMMAND, Figure, ratio, report, write_job_file
 from benchmarks.memory_child import COMMAND as CHILD_COMMAND
 from benchmarks.memory_child import Measurement
+from core.records import Outcomes
 
 TARGET_MB = 150
 # Ours at the largest N may be at most this many times its peak at the smallest: "flat in N".
@@ -37,6 +40,29 @@ def measure(method: str, path: Path) -> Measurement:
         timeout=1800,
     ).stdout
     return Measurement(**json.loads(output.strip().splitlines()[-1]))
+
+
+def outcome_memory(jobs: int) -> tuple[float, float]:
+    """MiB held by the outcomes of `jobs` finished jobs: ours (core.records.Outcomes), and the
+    dict of id strings to status the summary held before (tracemalloc, ids parsed as from S3 keys)."""
+    keys = [f"{hashlib.sha256(str(n).encode()).hexdigest()[:16]}.succeeded.json" for n in range(jobs)]
+    tracemalloc.start()
+    try:
+        outcomes = Outcomes()
+        for key in keys:
+            job_id, _, rest = key.partition(".")
+            outcomes.add(job_id, rest.removesuffix(".json"))
+        ours = tracemalloc.get_traced_memory()[0]
+        del outcomes
+        before = tracemalloc.get_traced_memory()[0]
+        as_dict = {}
+        for key in keys:
+            job_id, _, rest = key.partition(".")
+            as_dict[job_id] = rest.removesuffix(".json")
+        baseline = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return ours / 2**20, baseline / 2**20
 
 
 def main() -> None:
@@ -69,6 +95,19 @@ def main() -> None:
         )
         for ours, baseline in results
     ]
+    largest = max(args.jobs)
+    held, held_as_dict = outcome_memory(largest)
+    figures.append(
+        Figure(
+            figure=f"Memory of the outcomes of {largest:,} finished jobs (summary and monitor)",
+            target="well under the job file's peak",
+            measured=f"{held:,.0f} MiB (core.records.Outcomes: two compact id sets)",
+            baseline=f"dict of id strings: {held_as_dict:,.0f} MiB",
+            ratio=ratio(held, held_as_dict),
+            met=held < results[-1][0].peak_mib,
+            command=COMMAND_LINE,
+        )
+    )
     report(
         "Memory",
         figures,

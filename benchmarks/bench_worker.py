@@ -15,7 +15,6 @@ import argparse
 import os
 import tempfile
 import time
-from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,7 +39,6 @@ from core.jobs import JobMessage, iter_jobs
 from core.models import RunResources
 from core.records import read_outcomes
 from core.worker_env import worker_environment
-from worker.core import outcome_key
 
 RUN_ID = "00000000-0000-4000-8000-0000000000aa"
 COMMAND_LINE = ".venv/bin/python -m benchmarks.bench_worker"
@@ -87,14 +85,13 @@ class WorkerRun(BaseModel):
         return self.count("sqs.ReceiveMessage") - self.deliveries + self.count("sqs.GetQueueAttributes")
 
 
-def last_finished(s3_client: BaseClient, resources: RunResources, outcomes: dict[str, str]) -> datetime:
+def last_finished(s3_client: BaseClient, resources: RunResources) -> datetime:
     """When the last job finished, from the outcome records the workers wrote."""
-    times = []
-    for job_id, status in outcomes.items():
-        record = s3.get_json(s3_client, resources.records_bucket, outcome_key(resources.run_id, job_id, status))
-        if record is None:
-            raise RuntimeError(f"the outcome record of job {job_id} vanished")
-        times.append(datetime.fromisoformat(record["finished_at"]))
+    prefix = f"{resources.records_prefix}/outcomes/"
+    times = [
+        datetime.fromisoformat(s3.get_json(s3_client, resources.records_bucket, key)["finished_at"])
+        for key in s3.list_keys(s3_client, resources.records_bucket, prefix)
+    ]
     return max(times)
 
 
@@ -133,11 +130,11 @@ def run_workers(jobs: int, workers: int, workdir: Path) -> WorkerRun:
             exit_seconds = time.monotonic() - started
             fleet.stop(handle)  # a no-op unless the timeout passed
         outcomes = read_outcomes(aws.client("s3"), resources)
-        finished = last_finished(aws.client("s3"), resources, outcomes)
+        finished = last_finished(aws.client("s3"), resources)
     return WorkerRun(
         jobs=jobs,
         workers=workers,
-        succeeded=Counter(outcomes.values())["succeeded"],
+        succeeded=outcomes.succeeded,
         jobs_seconds=(finished - started_at).total_seconds(),
         exit_seconds=exit_seconds,
         calls=dict(calls),

@@ -14,7 +14,7 @@ far the batch got and which queue it went into (the queue's creation time):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from itertools import islice
 
 from botocore.client import BaseClient
@@ -56,7 +56,7 @@ def enqueue_batch(
     url: str,
     jobs: Iterable[Job],
     total: int,
-    finished_ids: Callable[[], set[str]],
+    finished_ids: Callable[[], Container[str]],
     *,
     checkpoint_jobs: int = CHECKPOINT_JOBS,
 ) -> EnqueueResult:
@@ -68,7 +68,7 @@ def enqueue_batch(
     created = queue_created(sqs, url)
     found = s3.get_json(s3_client, resources.records_bucket, marker_key(resources))
     marker = EnqueueMarker.model_validate(found) if found else None
-    skip: set[str] = set()
+    skip: Container[str] = frozenset()
     if marker and marker.queue_created == created:
         if marker.complete:
             logger.info("The %d jobs of run %s are already in its queue; none sent again", total, resources.run_id)
@@ -79,11 +79,7 @@ def enqueue_batch(
         start = 0
         if marker:
             skip = finished_ids()
-            logger.info(
-                "Run %s's queue is new: sending its %d jobs that have no outcome yet",
-                resources.run_id,
-                total - len(skip),
-            )
+            logger.info("Run %s's queue is new: sending only its jobs that have no outcome yet", resources.run_id)
     sent = 0
     position = start
     for chunk in _chunks(islice(jobs, start, None), checkpoint_jobs):

@@ -17,7 +17,6 @@ import json
 import logging
 import shlex
 import string
-from array import array
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import ConfigError
+from core.idset import JobIdSet
 
 logger = logging.getLogger(__name__)
 
@@ -300,54 +300,6 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _SeenIds:
-    """The job ids met so far, as 64-bit integers in one open-addressing table (an `array('Q')`).
-
-    A job id is 16 hex digits, so it fits one unsigned 64-bit integer exactly. A set of a million id
-    strings costs over 100 MB and a set of ints about 60 MB; this table costs 16 to 32 bytes per id
-    (8-byte slots, at most half full). Ids are sha256 prefixes, evenly spread, so probing from
-    their low bits is enough. Slot value 0 means empty, so the id 0 is remembered apart.
-    """
-
-    _INITIAL_SLOTS = 1 << 12
-
-    def __init__(self) -> None:
-        self._slots = array("Q", bytes(8 * self._INITIAL_SLOTS))
-        self._count = 0
-        self._zero_seen = False
-
-    def add(self, job_id: str) -> bool:
-        """Remember the id; False when it was already there."""
-        value = int(job_id, 16)
-        if value == 0:
-            seen, self._zero_seen = self._zero_seen, True
-            return not seen
-        if 2 * (self._count + 1) > len(self._slots):
-            self._grow()
-        if not self._insert(self._slots, value):
-            return False
-        self._count += 1
-        return True
-
-    @staticmethod
-    def _insert(slots: array[int], value: int) -> bool:
-        mask = len(slots) - 1
-        slot = value & mask
-        while (current := slots[slot]) != 0:
-            if current == value:
-                return False
-            slot = (slot + 1) & mask
-        slots[slot] = value
-        return True
-
-    def _grow(self) -> None:
-        slots = array("Q", bytes(16 * len(self._slots)))
-        for value in self._slots:
-            if value:
-                self._insert(slots, value)
-        self._slots = slots
-
-
 def _first_index(path: Path, command: str, job_id: str) -> int:
     """The index of the first job with this id: a second pass, made only when a duplicate is found."""
     return next(job.index for job in iter_jobs(path, command) if job.job_id == job_id)
@@ -363,7 +315,7 @@ def check_jobs(path: Path, command: str) -> JobFileCheck:
         shlex.split(command)
     except ValueError as exc:
         raise ConfigError(f"config.command is not a valid command line: {exc}") from None
-    seen = _SeenIds()
+    seen = JobIdSet()
     count = 0
     for job in iter_jobs(path, command):
         if not seen.add(job.job_id):

@@ -15,6 +15,7 @@ from botocore.client import BaseClient
 
 from core.aws.s3 import get_json, list_keys, put_json
 from core.aws.sqs import DeadMessage
+from core.idset import JobIdSet
 from core.jobs import Job
 from core.manifest import JobState, Manifest
 from core.models import DeadJob, RunResources, RunSummary
@@ -22,15 +23,46 @@ from core.models import DeadJob, RunResources, RunSummary
 OUTCOME_STATUSES = ("succeeded", "skipped")
 
 
-def read_outcomes(s3: BaseClient, resources: RunResources) -> dict[str, str]:
-    """Map each finished job's id to its status ('succeeded' or 'skipped')."""
+class Outcomes:
+    """The jobs that finished, from their records: each id once, however many records it has (a job
+    delivered twice may have a succeeded and a skipped one; succeeded wins). Compact (core/idset.py),
+    so a million-job run's summary and monitor hold tens of MB, not hundreds."""
+
+    def __init__(self) -> None:
+        self._finished = JobIdSet()
+        self._succeeded = JobIdSet()
+
+    def add(self, job_id: str, status: str) -> None:
+        self._finished.add(job_id)
+        if status == "succeeded":
+            self._succeeded.add(job_id)
+
+    def status(self, job_id: str) -> str | None:
+        """'succeeded', 'skipped', or None for a job with no outcome."""
+        if job_id not in self._finished:
+            return None
+        return "succeeded" if job_id in self._succeeded else "skipped"
+
+    @property
+    def succeeded(self) -> int:
+        return len(self._succeeded)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._finished
+
+    def __len__(self) -> int:
+        return len(self._finished)
+
+
+def read_outcomes(s3: BaseClient, resources: RunResources) -> Outcomes:
+    """Every finished job's outcome: one listing call per thousand records."""
     prefix = f"{resources.records_prefix}/outcomes/"
-    outcomes: dict[str, str] = {}
+    outcomes = Outcomes()
     for key in list_keys(s3, resources.records_bucket, prefix):
         job_id, _, rest = key[len(prefix) :].partition(".")
         status = rest.removesuffix(".json")
         if status in OUTCOME_STATUSES:
-            outcomes[job_id] = status
+            outcomes.add(job_id, status)
     return outcomes
 
 
@@ -65,7 +97,7 @@ def build_summary(
     *,
     resources: RunResources,
     jobs: Iterable[Job],
-    outcomes: dict[str, str],
+    outcomes: Outcomes,
     dead: list[DeadJob],
     duration_s: float,
     error: str | None,
@@ -85,8 +117,9 @@ def build_summary(
     for job in jobs:
         total += 1
         state: JobState
-        if job.job_id in outcomes:
-            state = "skipped" if outcomes[job.job_id] == "skipped" else "succeeded"
+        status = outcomes.status(job.job_id)
+        if status is not None:
+            state = "skipped" if status == "skipped" else "succeeded"
             counts[state] += 1
         elif job.job_id in dead_by_id:
             state = "failed"

@@ -26,7 +26,7 @@ def enqueue_jobs(config: RunConfig, resources: RunResources, urls: QueueUrls, ba
         urls.queue_url,
         batch.jobs(config.command),
         batch.count,
-        lambda: set(read_outcomes(s3_client, resources)),
+        lambda: read_outcomes(s3_client, resources),
     )
     logger.info("Enqueued %d of the run's %d jobs into %s", result.sent, result.total, resources.queue_name)
     return result

@@ -14,7 +14,7 @@ from core.aws.sqs import DeadMessage
 from core.jobs import Job
 from core.manifest import Manifest
 from core.models import RunResources
-from core.records import build_summary, dead_jobs, read_outcomes
+from core.records import Outcomes, build_summary, dead_jobs, read_outcomes
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 
@@ -46,7 +46,16 @@ def test_outcomes_are_counted_by_key_and_a_job_counts_once(s3) -> None:
     for key in ("a.succeeded.json", "b.skipped.json", "c.succeeded.json", "junk.txt"):
         s3.put_object(Bucket="records", Key=f"runs/run-1/outcomes/{key}", Body=b"{}")
     s3.put_object(Bucket="records", Key="runs/other-run/outcomes/z.succeeded.json", Body=b"{}")
-    assert read_outcomes(s3, RESOURCES) == {"a": "succeeded", "b": "skipped", "c": "succeeded"}
+    s3.put_object(Bucket="records", Key="runs/run-1/outcomes/c.skipped.json", Body=b"{}")  # a duplicate delivery
+    outcomes = read_outcomes(s3, RESOURCES)
+    assert {job_id: outcomes.status(job_id) for job_id in "abcdz"} == {
+        "a": "succeeded",
+        "b": "skipped",
+        "c": "succeeded",
+        "d": None,
+        "z": None,
+    }
+    assert (len(outcomes), outcomes.succeeded, "junk" in outcomes) == (3, 2, False)
 
 
 def test_a_dead_job_carries_the_workers_reason_or_its_last_failed_attempt(s3) -> None:
@@ -73,6 +82,13 @@ def test_a_dead_job_carries_the_workers_reason_or_its_last_failed_attempt(s3) ->
     assert found[1].output_tail.splitlines() == ["reading", "row 7: 'n/a' is not a number"]
 
 
+def outcomes_of(**statuses: str) -> Outcomes:
+    outcomes = Outcomes()
+    for job_id, status in statuses.items():
+        outcomes.add(job_id, status)
+    return outcomes
+
+
 def test_the_summary_accounts_for_every_job_exactly_once(s3) -> None:
     manifest = Manifest()
     summary = build_summary(
@@ -80,7 +96,7 @@ def test_the_summary_accounts_for_every_job_exactly_once(s3) -> None:
         jobs=(
             Job(job_id=job_id, index=n, fields={"id": job_id}, inputs=(), output="") for n, job_id in enumerate("abcde")
         ),
-        outcomes={"a": "succeeded", "b": "skipped", "c": "succeeded", "stranger": "succeeded"},
+        outcomes=outcomes_of(a="succeeded", b="skipped", c="succeeded", stranger="succeeded"),
         # "c" both succeeded and has a dead duplicate: it counts as succeeded only.
         dead=dead_jobs(s3, RESOURCES, [dead("c"), dead("d")]),
         duration_s=12.345,

@@ -51,7 +51,7 @@ def enqueue(clients: tuple, url: str, crash_after: int | None = None):  # noqa: 
         url,
         jobs(crash_after),
         JOBS,
-        lambda: set(read_outcomes(s3_client, RESOURCES)),
+        lambda: read_outcomes(s3_client, RESOURCES),
         checkpoint_jobs=10,
     )
 
