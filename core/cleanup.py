@@ -36,7 +36,7 @@ def clean_up(
     """Stop the fleet, delete the queues (the dead-letter queue per config), export and delete the
     run's log group. A resource that cannot be deleted is reported in `left` with the AWS error code;
     a transient AWS error is raised so that the caller's retry runs the whole cleanup again."""
-    result = _Result()
+    result = CleanupResult()
     _stop_fleet(clients, config, resources, result)
     _delete_queues(clients.client("sqs"), config, resources, result)
     _export_logs(clients, config, resources, result, clock=clock, sleep=sleep)
@@ -47,17 +47,10 @@ def clean_up(
         result.kept or "nothing",
         result.left or "nothing",
     )
-    return CleanupResult(deleted=result.deleted, kept=result.kept, left=result.left)
+    return result
 
 
-class _Result:
-    def __init__(self) -> None:
-        self.deleted: list[str] = []
-        self.kept: list[str] = []
-        self.left: list[str] = []
-
-
-def _stop_fleet(clients: AwsClients, config: RunConfig, resources: RunResources, result: _Result) -> None:
+def _stop_fleet(clients: AwsClients, config: RunConfig, resources: RunResources, result: CleanupResult) -> None:
     backend = fleet_backend(clients, config)
     fleet = backend.handle_for(resources.run_id)
     backend.stop(fleet)
@@ -68,7 +61,7 @@ def _stop_fleet(clients: AwsClients, config: RunConfig, resources: RunResources,
         result.deleted.append(f"fleet {fleet.id}")
 
 
-def _delete_queues(sqs_client: BaseClient, config: RunConfig, resources: RunResources, result: _Result) -> None:
+def _delete_queues(sqs_client: BaseClient, config: RunConfig, resources: RunResources, result: CleanupResult) -> None:
     names = [resources.queue_name]
     dead_letter = resources.dead_letter_queue_name
     policy = config.dead_letter_queue_after_run
@@ -101,7 +94,7 @@ def _export_logs(
     clients: AwsClients,
     config: RunConfig,
     resources: RunResources,
-    result: _Result,
+    result: CleanupResult,
     *,
     clock: Callable[[], float],
     sleep: Callable[[float], None],

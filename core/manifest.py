@@ -30,7 +30,6 @@ class Manifest:
         self._text = io.TextIOWrapper(self._file, encoding="utf-8", newline="")
         self._csv = csv.writer(self._text)
         self._csv.writerow(COLUMNS)
-        self.rows = 0
         self.preview: list[dict[str, Any]] = []
 
     def add(self, job_id: str, fields: dict[str, Any], state: JobState, dead: DeadJob | None = None) -> None:
@@ -42,7 +41,6 @@ class Manifest:
             "fields": json.dumps(fields, sort_keys=True),
         }
         self._csv.writerow(row[column] for column in COLUMNS)
-        self.rows += 1
         if state in ("succeeded", "skipped") and len(self.preview) < PREVIEW_ROWS:
             self.preview.append(row)
 

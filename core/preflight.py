@@ -10,11 +10,9 @@ credentials may not make is a warning, not a crash.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any, Literal
 
 from botocore.client import BaseClient
@@ -35,7 +33,7 @@ from core.fleets.spot_fleet import (
     ROLE_ARN,
     SpotFleetSettings,
     fleet_file_problems,
-    load_fleet_file,
+    read_fleet_file,
     validate_spot_fleet,
 )
 from core.models import TAG_APP
@@ -530,28 +528,14 @@ def _allows(policy: dict[str, Any] | None, service: str, action: str, resource: 
     return False
 
 
-def _read_fleet_file(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """The fleet file, or None and why it cannot be read. load_fleet_file stops at the file's problems;
-    preflight reads on, to check the rest of the file against the account too."""
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        document = None
-    if isinstance(document, dict):
-        return document, ""
-    try:
-        load_fleet_file(path)
-    except ConfigError as exc:
-        return None, str(exc)
-    return None, f"fleet.fleet_file {path}: cannot be read"
-
-
 def _spot_fleet_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
     settings = SpotFleetSettings.from_config(config)
     path = settings.fleet_file
-    fleet_file, unreadable = _read_fleet_file(path)
-    if fleet_file is None:
-        return [_problem("fleet file", unreadable, f"fix {path}; start from deployments/aws/fleet.example.json")]
+    # Not load_fleet_file, which stops at the file's own problems: the rest is checked against the account too.
+    try:
+        fleet_file = read_fleet_file(path)
+    except ConfigError as exc:
+        return [_problem("fleet file", str(exc), f"fix {path}; start from deployments/aws/fleet.example.json")]
     rows = [_problem("fleet file", problem, f"edit {path}") for problem in fleet_file_problems(fleet_file)]
     fleet = _Fleet(clients, config, settings, fleet_file)
     identity = caller_identity(fleet.sts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Literal
 
 from botocore.client import BaseClient
 
@@ -37,7 +38,7 @@ class Outcomes:
         if status == "succeeded":
             self._succeeded.add(job_id)
 
-    def status(self, job_id: str) -> str | None:
+    def status(self, job_id: str) -> Literal["succeeded", "skipped"] | None:
         """'succeeded', 'skipped', or None for a job with no outcome."""
         if job_id not in self._finished:
             return None
@@ -106,8 +107,7 @@ def build_summary(
     """Account for every job of the job file exactly once, and list each in the manifest.
 
     A job with an outcome counts by its outcome even if a duplicate copy also died; jobs with
-    neither an outcome nor a dead copy are listed as unfinished. A job id that appears twice in the
-    stream (it cannot: the job file check refuses duplicates) would still count once.
+    neither an outcome nor a dead copy are listed as unfinished.
     """
     dead_by_id = {job.job_id: job for job in dead}
     counts = {"succeeded": 0, "skipped": 0}
@@ -119,8 +119,8 @@ def build_summary(
         state: JobState
         status = outcomes.status(job.job_id)
         if status is not None:
-            state = "skipped" if status == "skipped" else "succeeded"
-            counts[state] += 1
+            state = status
+            counts[status] += 1
         elif job.job_id in dead_by_id:
             state = "failed"
             failed.append(dead_by_id[job.job_id])

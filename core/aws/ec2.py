@@ -79,6 +79,8 @@ class FleetRecord(_Model):
     id: str = Field(description="SpotFleetRequestId.")
     state: str = Field(description="SpotFleetRequestState.")
     tags: dict[str, str] = Field(description="The request's tags.")
+    target: int = Field(description="Machines asked for (TargetCapacity).")
+    fulfilled: float = Field(description="Capacity EC2 reports as fulfilled: machines, each weighing 1.")
 
 
 class MachineSize(_Model):
@@ -278,11 +280,17 @@ def _tags(described: dict[str, Any]) -> dict[str, str]:
 
 
 def tagged_fleets(ec2: BaseClient, tags: dict[str, str], *, active_only: bool = True) -> list[FleetRecord]:
-    """Fleet requests carrying all of `tags` (paginated), the still-running ones only by default."""
+    """Fleet requests carrying all of `tags` (paginated), the still-running ones only by default, with
+    their capacity: one listing answers a status reading, whatever the number of fleets."""
     found = []
     for request in paginate(ec2, "describe_spot_fleet_requests", "SpotFleetRequestConfigs"):
+        config = request["SpotFleetRequestConfig"]
         record = FleetRecord(
-            id=request["SpotFleetRequestId"], state=request["SpotFleetRequestState"], tags=_tags(request)
+            id=request["SpotFleetRequestId"],
+            state=request["SpotFleetRequestState"],
+            tags=_tags(request),
+            target=config["TargetCapacity"],
+            fulfilled=config.get("FulfilledCapacity", 0.0),
         )
         if all(record.tags.get(k) == v for k, v in tags.items()) and (
             record.state in ACTIVE_FLEET_STATES or not active_only

@@ -198,8 +198,8 @@ def fleet_file_problems(fleet_file: dict[str, Any]) -> list[str]:
     return problems
 
 
-def load_fleet_file(path: Path) -> dict[str, Any]:
-    """Read a fleet file (JSON); raises ConfigError listing every problem in it at once."""
+def read_fleet_file(path: Path) -> dict[str, Any]:
+    """Parse a fleet file (JSON) without judging its fields; raises ConfigError when it cannot be read."""
     try:
         fleet_file = json.loads(path.read_text())
     except OSError as exc:
@@ -208,6 +208,12 @@ def load_fleet_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"fleet.fleet_file {path}: not valid JSON ({exc})") from None
     if not isinstance(fleet_file, dict):
         raise ConfigError(f"fleet.fleet_file {path}: expected a JSON object (a SpotFleetRequestConfig)")
+    return fleet_file
+
+
+def load_fleet_file(path: Path) -> dict[str, Any]:
+    """Read a fleet file (JSON); raises ConfigError listing every problem in it at once."""
+    fleet_file = read_fleet_file(path)
     problems = fleet_file_problems(fleet_file)
     if problems:
         raise ConfigError(f"fleet.fleet_file {path}:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -412,12 +418,12 @@ class SpotFleet:
         machines its fleet asks for and has."""
         cluster, run_id = _parse(handle)
         service = ecs_api.describe_service(self._ecs, cluster, resource_name(run_id)) if cluster else None
-        states = [state for fleet in self._fleets(run_id) if (state := ec2_api.fleet_state(self._ec2, fleet.id))]
+        fleets = self._fleets(run_id)
         return FleetStatus(
             target=handle.workers,
             running=service.get("runningCount", 0) if service else 0,
-            machines_target=sum(state.target for state in states),
-            machines_running=sum(state.active_instances for state in states),
+            machines_target=sum(fleet.target for fleet in fleets),
+            machines_running=round(sum(fleet.fulfilled for fleet in fleets)),
         )
 
     def hold(self, handle: FleetHandle) -> None:
@@ -425,11 +431,10 @@ class SpotFleet:
         machine with noTermination, so the machines running keep running and lost ones are not replaced."""
         _, run_id = _parse(handle)
         for fleet in self._fleets(run_id):
-            state = ec2_api.fleet_state(self._ec2, fleet.id)
-            if state is not None and state.target > 1:
+            if fleet.target > 1:
                 ec2_api.set_target_capacity(self._ec2, fleet.id, 1)
                 logger.info(
-                    "Cheapest mode: fleet %s keeps its %d machine(s), none replaced", fleet.id, state.active_instances
+                    "Cheapest mode: fleet %s keeps its %d machine(s), none replaced", fleet.id, round(fleet.fulfilled)
                 )
 
     def cost_estimate(self, jobs: int) -> CostEstimate:
@@ -472,12 +477,9 @@ class SpotFleet:
         service = self._lower_service(cluster, resource_name(run_id), containers)
         terminated, target = 0, 0
         for fleet in self._fleets(run_id):
-            state = ec2_api.fleet_state(self._ec2, fleet.id)
-            if state is None:
-                continue
-            if wanted < state.target:
+            if wanted < fleet.target:
                 ec2_api.set_target_capacity(self._ec2, fleet.id, wanted)
-            fleet_target = min(wanted, state.target)
+            fleet_target = min(wanted, fleet.target)
             target += fleet_target
             terminated += self._terminate_idle(cluster, fleet.id, fleet_target)
         logger.info(
