@@ -3,18 +3,34 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# uv installs from requirements.lock in seconds; a machine without uv gets it inside .venv, with pip.
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),$(VENV)/bin/uv)
 
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test serve bench install clean
+.PHONY: demo test serve bench install lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -qq --disable-pip-version-check -e '.[test]'
+
+$(VENV)/bin/uv: | $(PY)
+	$(PY) -m pip install -qq --disable-pip-version-check uv==$(UV_VERSION)
+
+# The exact packages of requirements.lock (hash-checked), then this project itself, editable.
+$(STAMP): requirements.lock pyproject.toml | $(PY) $(UV)
+	$(UV) pip install -q --python $(PY) --require-hashes -r requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	@$(UV) pip check -q --python $(PY) || { echo "requirements.lock misses a dependency of pyproject.toml: run make lock"; exit 1; }
 	touch $(STAMP)
+
+## Re-pin every package after a change to the dependencies in pyproject.toml (commit requirements.lock).
+lock: | $(UV)
+	$(UV) pip compile -q pyproject.toml --extra test --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" -o requirements.lock
 
 ## Run the demo batch (100 jobs) end to end on a local AWS emulator; the last line is the RunSummary.
 demo: $(STAMP)
