@@ -40,9 +40,9 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(PY) deployments/local_stack.py
 
-## Run the test suite.
+## Run the test suite, in four parallel pytest-xdist workers (each with its own AWS emulator and Prefect server).
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 4 --dist loadgroup $(TEST_ARGS)
 
 ## Run every benchmark and print its figures (about 10 minutes); BENCH_ARGS=--write-readme also puts them in benchmarks/README.md.
 bench: $(STAMP)

@@ -18,6 +18,9 @@ process, such as the moto server's own work. A call with no repository frame on 
 thread pool behind boto3's upload_file and download_file, or a library acting on its own) is
 written to the JSON file with no policy and is not checked.
 
+Under pytest-xdist each worker process records its own calls and hands them to the controller when
+it finishes (xdist's `workeroutput`), so the verdict below covers every worker.
+
 At the end of the session the recorded calls go to a JSON file (pytest's cache, else the temp dir);
 an action that is called but not granted by its policy is listed and fails the run. Grants that
 nothing called are listed as a note only after a run of the whole suite.
@@ -193,6 +196,14 @@ class Recorder:
                 entry = self._actions.setdefault((policy, action), RecordedAction(action, policy, caller))
                 entry.calls += 1
 
+    def merge(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        """Adds what another process recorded (a pytest-xdist worker's `recorded()`, as dicts)."""
+        with self._lock:
+            for entry in entries:
+                key = (entry["policy"], entry["action"])
+                found = self._actions.setdefault(key, RecordedAction(entry["action"], entry["policy"], entry["caller"]))
+                found.calls += entry["calls"]
+
     def count(self, policy: str | None, action: str) -> int:
         with self._lock:
             entry = self._actions.get((policy, action))
@@ -269,6 +280,8 @@ class _Verdict:
 
 _VERDICT = pytest.StashKey[_Verdict]()
 _NARROWED = pytest.StashKey[bool]()
+_WORKER_CALLS = "aws_calls"
+_WORKER_NARROWED = "aws_calls_narrowed"
 
 
 def pytest_deselected(items: Sequence[pytest.Item]) -> None:
@@ -295,7 +308,21 @@ def _output_path(config: pytest.Config) -> Path:
     return Path(tempfile.gettempdir()) / "prefect-distributed-aws-calls.json"
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist controller: a worker finished; take over its recorded calls."""
+    output = getattr(node, "workeroutput", {})
+    RECORDER.merge(output.get(_WORKER_CALLS, []))
+    if output.get(_WORKER_NARROWED):
+        node.config.stash[_NARROWED] = True
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if hasattr(config, "workeroutput"):  # a pytest-xdist worker: the controller judges
+        config.workeroutput[_WORKER_CALLS] = [asdict(entry) for entry in RECORDER.recorded()]
+        config.workeroutput[_WORKER_NARROWED] = config.stash.get(_NARROWED, False)
+        return
     recorded = RECORDER.recorded()
     grants = load_grants(IAM_DIR)
     path = _output_path(session.config)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from core.models import RunSummary
 from deployments.local_stack import PREFECT, REPO, LocalStack, local_stack
 
 DEMO_CONFIG = "deployments/demo/config.yaml"
+# One Prefect server for the whole module: under pytest-xdist its tests go to the same worker.
+pytestmark = pytest.mark.xdist_group("prefect-server")
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +152,11 @@ def test_a_number_given_as_config_fails_with_how_to_quote_it(stack: LocalStack) 
     assert "Quote it as a JSON string" in flow_run.state.message
 
 
-def start_slow_batch(stack: LocalStack, tmp_path: Path) -> str:
-    """A batch whose jobs sleep for minutes; returns its flow run id once its queue exists and jobs run."""
+def start_slow_batch(stack: LocalStack, tmp_path: Path, program: str) -> str:
+    """A batch whose jobs sleep for minutes; returns its flow run id once its queue exists and jobs run.
+
+    `program` is a word on the job's command line, so `wait_until_clean` finds this batch's programs
+    and not another test's."""
     (tmp_path / "jobs.json").write_text(json.dumps({"output": "slow/{n}", "groups": [{"n": n} for n in range(4)]}))
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -158,7 +164,7 @@ def start_slow_batch(stack: LocalStack, tmp_path: Path) -> str:
             {
                 "app_name": "slow",
                 "job_file": "jobs.json",
-                "command": f"{sys.executable} -c 'import time; time.sleep(300)' {{n}}",
+                "command": f"{sys.executable} -c 'import time; time.sleep(300)' {program} {{n}}",
                 "bucket": "distributed-demo",
                 "fleet": {"local_workers": 2},
                 "monitor": {"poll_interval_s": 1, "worker_wait_time_s": 1},
@@ -177,7 +183,7 @@ def start_slow_batch(stack: LocalStack, tmp_path: Path) -> str:
     return flow_run_id
 
 
-def wait_until_clean(stack: LocalStack) -> None:
+def wait_until_clean(stack: LocalStack, program: str) -> None:
     """The slow batch's queues are gone (another test's run may keep its dead-letter queue)."""
     sqs = aws(stack, "sqs")
     deadline = time.monotonic() + 60
@@ -188,24 +194,26 @@ def wait_until_clean(stack: LocalStack) -> None:
     while slow_queues():
         assert time.monotonic() < deadline, f"queues left: {slow_queues()}"
         time.sleep(1)
-    while subprocess.run(["pgrep", "-f", "time.sleep\\(300\\)"], capture_output=True, check=False).returncode == 0:
+    while subprocess.run(["pgrep", "-f", program], capture_output=True, check=False).returncode == 0:
         assert time.monotonic() < deadline, "a job's program is still running"
         time.sleep(1)
 
 
 def test_cancelling_a_running_batch_cleans_everything_up(stack: LocalStack, tmp_path: Path) -> None:
-    flow_run_id = start_slow_batch(stack, tmp_path)
+    program = f"slow-{uuid.uuid4().hex}"
+    flow_run_id = start_slow_batch(stack, tmp_path, program)
     cancelled = cli(stack, "flow-run", "cancel", flow_run_id)
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     deadline = time.monotonic() + 120
     while not read_flow_run(stack, flow_run_id).state.is_cancelled():
         assert time.monotonic() < deadline, "the run never reached Cancelled"
         time.sleep(1)
-    wait_until_clean(stack)
+    wait_until_clean(stack, program)
 
 
 def test_a_run_whose_process_is_killed_is_cleaned_up_by_its_crash_hook(stack: LocalStack, tmp_path: Path) -> None:
-    flow_run_id = start_slow_batch(stack, tmp_path)
+    program = f"slow-{uuid.uuid4().hex}"
+    flow_run_id = start_slow_batch(stack, tmp_path, program)
     # The flow run's own process (the Prefect worker's child) dies at once, with no chance to clean up.
     processes = flow_run_processes(flow_run_id)
     assert processes, "found no process for the flow run"
@@ -215,7 +223,7 @@ def test_a_run_whose_process_is_killed_is_cleaned_up_by_its_crash_hook(stack: Lo
     while not read_flow_run(stack, flow_run_id).state.is_crashed():
         assert time.monotonic() < deadline, f"state: {read_flow_run(stack, flow_run_id).state}"
         time.sleep(1)
-    wait_until_clean(stack)
+    wait_until_clean(stack, program)
 
 
 def test_another_flow_can_run_the_deployment_and_wait_for_it(stack: LocalStack) -> None:
