@@ -41,14 +41,22 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float, 
 
 
 @contextmanager
-def moto_server(log_path: Path | None = None) -> Iterator[str]:
-    """Start a moto server on a free 127.0.0.1 port; yield its endpoint URL; stop it."""
+def moto_server(log_path: Path | None = None, call_log: Path | None = None) -> Iterator[str]:
+    """Start a moto server on a free 127.0.0.1 port; yield its endpoint URL; stop it.
+
+    With `call_log`, moto's recorder appends every request the server answers to that file, one JSON
+    line each (method, URL, headers, body), whichever process sent it: how the tests see the calls of
+    worker processes. The lines hold request headers and bodies, so it is for fake credentials only.
+    """
     port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    # AWS's managed policies exist in every account; the bootstrap attaches two of them.
+    env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
+    if call_log is not None:
+        env.update({"MOTO_ENABLE_RECORDING": "true", "MOTO_RECORDER_FILEPATH": str(call_log)})
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        # AWS's managed policies exist in every account; the bootstrap attaches two of them.
-        env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -13,23 +13,26 @@ repository on the stack:
   (test fixtures and demo data set-up, not product code);
 - otherwise (core/, tasks/, flows/, blocks/): the flow's credentials, flow-user-policy.json.
 
-Not recorded: workers started as subprocesses (most worker tests) and anything else outside this
-process, such as the moto server's own work. A call with no repository frame on its stack (the
-thread pool behind boto3's upload_file and download_file, or a library acting on its own) is
-written to the JSON file with no policy and is not checked.
-
-Under pytest-xdist each worker process records its own calls and hands them to the controller when
-it finishes (xdist's `workeroutput`), so the verdict below covers every worker.
+Workers in other processes (subprocesses, containers) are seen from the emulator's side: the moto
+server of the session records every request it answers (`emulator_call_log`), and each request a
+worker made (tests/emulator_calls.py) is held against task-role-policy.json. Not seen: anything else
+outside this process, such as a flow run in a Prefect worker's subprocess. A call with no
+repository frame on its stack (the thread pool behind boto3's upload_file and download_file, or a
+library acting on its own) is written to the JSON file with no policy and is not checked.
 
 At the end of the session the recorded calls go to a JSON file (pytest's cache, else the temp dir);
-an action that is called but not granted by its policy is listed and fails the run. Grants that
-nothing called are listed as a note only after a run of the whole suite.
+an action that is called but not granted by its policy is listed and fails the run. Under
+pytest-xdist each test process hands its calls to the controller, which judges them all. Grants
+that nothing called are listed as a note only after a run of the whole suite. `--iam-policies DIR`
+judges against the policies of another folder (a copy with a grant removed, say).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -46,6 +49,8 @@ import botocore.handlers
 import pytest
 from botocore.model import OperationModel, ServiceModel
 
+from tests.emulator_calls import worker_calls
+
 REPO = Path(__file__).resolve().parents[1]
 IAM_DIR = REPO / "deployments" / "aws" / "iam"
 
@@ -53,13 +58,12 @@ FLOW_USER = "flow-user-policy.json"
 TASK_ROLE = "task-role-policy.json"
 BOOTSTRAP_ADMIN = "bootstrap-admin-policy.json"
 CHECKED_POLICIES = (FLOW_USER, TASK_ROLE, BOOTSTRAP_ADMIN)
-# The worker runs as a subprocess in most tests, so what its role grants but was never seen called
-# says nothing.
-UNUSED_GRANTS_JUDGED = (FLOW_USER, BOOTSTRAP_ADMIN)
+UNUSED_GRANTS_JUDGED = (FLOW_USER, TASK_ROLE, BOOTSTRAP_ADMIN)
 
 # Code whose calls are nobody's: test fixtures and demo data set-up.
 IGNORED_CALLERS = ("tests/", "deployments/demo/", "benchmarks/", "core/emulator.py")
 NO_REPOSITORY_FRAME = "(no frame in this repository)"
+SEEN_BY_THE_EMULATOR = "a worker process, seen by the emulator"
 CALLER_FRAMES = 3  # how many repository frames name a caller: the innermost and where it was called from
 
 # IAM service prefixes that differ from the service model's signing name.
@@ -191,18 +195,14 @@ class Recorder:
     def record(self, actions: Iterable[str], frames: Sequence[tuple[str, str]]) -> None:
         policy = policy_for([path for path, _ in frames])
         caller = " < ".join(f"{path}:{function}" for path, function in frames[:CALLER_FRAMES]) or NO_REPOSITORY_FRAME
+        self.record_for(policy, actions, caller)
+
+    def record_for(self, policy: str | None, actions: Iterable[str], caller: str, calls: int = 1) -> None:
+        """Record calls whose policy is already known (a worker's call seen by the emulator, say)."""
         with self._lock:
             for action in actions:
                 entry = self._actions.setdefault((policy, action), RecordedAction(action, policy, caller))
-                entry.calls += 1
-
-    def merge(self, entries: Iterable[Mapping[str, Any]]) -> None:
-        """Adds what another process recorded (a pytest-xdist worker's `recorded()`, as dicts)."""
-        with self._lock:
-            for entry in entries:
-                key = (entry["policy"], entry["action"])
-                found = self._actions.setdefault(key, RecordedAction(entry["action"], entry["policy"], entry["caller"]))
-                found.calls += entry["calls"]
+                entry.calls += calls
 
     def count(self, policy: str | None, action: str) -> int:
         with self._lock:
@@ -268,6 +268,47 @@ def never_called(recorded: Iterable[RecordedAction], grants: Mapping[str, frozen
 RECORDER = Recorder()
 botocore.handlers.BUILTIN_HANDLERS.append(("before-parameter-build", RECORDER.on_parameter_build))
 
+# The folder of this process's recordings of the emulator (one file per moto server), made on first use.
+_EMULATOR_CALL_LOGS: list[Path] = []
+_SERVERS = itertools.count()
+
+
+def emulator_call_log() -> Path:
+    """A fresh file for a moto server of this test process to record its requests in
+    (core.emulator.moto_server's `call_log`); read back at the end of the session."""
+    if not _EMULATOR_CALL_LOGS:
+        _EMULATOR_CALL_LOGS.append(Path(tempfile.mkdtemp(prefix="aws-calls-emulator-")))
+    return _EMULATOR_CALL_LOGS[0] / f"server-{next(_SERVERS)}.jsonl"
+
+
+def record_worker_calls_seen_by_the_emulator(recorder: Recorder, recordings: Iterable[Path]) -> int:
+    """Hold every worker request in these recordings against the task role; returns the lines that
+    could not be read. A request that matches no operation becomes an action no policy grants."""
+    seen = worker_calls(recordings)
+    for call in seen.calls:
+        prefix = IAM_PREFIXES.get(call.service, call.service)
+        if call.operation is None:
+            actions = frozenset({f"{prefix}:(unknown operation: {call.description})"})
+        else:
+            actions = iam_actions(prefix, call.operation, call.params)
+        recorder.record_for(TASK_ROLE, actions, f"{SEEN_BY_THE_EMULATOR}: {call.description}")
+    return seen.unreadable_lines
+
+
+def _read_emulator_call_logs(recorder: Recorder) -> int:
+    if not _EMULATOR_CALL_LOGS:
+        return 0
+    folder = _EMULATOR_CALL_LOGS.pop()
+    unreadable = record_worker_calls_seen_by_the_emulator(recorder, sorted(folder.glob("*.jsonl")))
+    shutil.rmtree(folder, ignore_errors=True)
+    return unreadable
+
+
+def merge_recorded(recorder: Recorder, entries: Iterable[Mapping[str, Any]]) -> None:
+    """Add another test process's recorded actions (as written by `pytest_sessionfinish`)."""
+    for entry in entries:
+        recorder.record_for(entry["policy"], [entry["action"]], entry["caller"], entry["calls"])
+
 
 @dataclass(frozen=True)
 class _Verdict:
@@ -275,13 +316,35 @@ class _Verdict:
     missing: list[RecordedAction]
     unchecked: list[str]  # policies with recorded calls and no file
     unused: dict[str, list[str]] | None  # None: the run was narrowed, so unused grants are not judged
+    unreadable_lines: int  # lines of the emulator's recordings that could not be read
+    iam_dir: Path
     path: Path
 
 
 _VERDICT = pytest.StashKey[_Verdict]()
 _NARROWED = pytest.StashKey[bool]()
-_WORKER_CALLS = "aws_calls"
-_WORKER_NARROWED = "aws_calls_narrowed"
+_PARTS = pytest.StashKey[Path]()
+PARTS_INPUT = "aws_calls_parts"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--iam-policies",
+        type=Path,
+        default=IAM_DIR,
+        help="folder of the IAM policies the recorded AWS calls are held against (default: %(default)s)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the only process, or pytest-xdist's controller
+        config.stash[_PARTS] = Path(tempfile.mkdtemp(prefix="aws-calls-parts-"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, in the controller: tell each test process where to leave its recorded calls."""
+    node.workerinput[PARTS_INPUT] = str(node.config.stash[_PARTS])
 
 
 def pytest_deselected(items: Sequence[pytest.Item]) -> None:
@@ -308,30 +371,39 @@ def _output_path(config: pytest.Config) -> Path:
     return Path(tempfile.gettempdir()) / "prefect-distributed-aws-calls.json"
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: object) -> None:
-    """pytest-xdist controller: a worker finished; take over its recorded calls."""
-    output = getattr(node, "workeroutput", {})
-    RECORDER.merge(output.get(_WORKER_CALLS, []))
-    if output.get(_WORKER_NARROWED):
-        node.config.stash[_NARROWED] = True
+def _as_json(recorded: Iterable[RecordedAction]) -> str:
+    return json.dumps([asdict(entry) for entry in recorded], indent=2) + "\n"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    if hasattr(config, "workeroutput"):  # a pytest-xdist worker: the controller judges
-        config.workeroutput[_WORKER_CALLS] = [asdict(entry) for entry in RECORDER.recorded()]
-        config.workeroutput[_WORKER_NARROWED] = config.stash.get(_NARROWED, False)
+    """Judge every recorded call against its policy; a call not granted fails the run.
+
+    A pytest-xdist test process only hands its calls (and unreadable lines) to the controller.
+    """
+    unreadable = _read_emulator_call_logs(RECORDER)
+    workerinput = getattr(session.config, "workerinput", None)
+    if workerinput is not None:
+        part = Path(workerinput[PARTS_INPUT]) / f"{workerinput['workerid']}.json"
+        part.write_text(json.dumps({"recorded": json.loads(_as_json(RECORDER.recorded())), "unreadable": unreadable}))
         return
+    parts = session.config.stash[_PARTS]
+    for part in sorted(parts.glob("*.json")):
+        handed = json.loads(part.read_text())
+        merge_recorded(RECORDER, handed["recorded"])
+        unreadable += handed["unreadable"]
+    shutil.rmtree(parts, ignore_errors=True)
     recorded = RECORDER.recorded()
-    grants = load_grants(IAM_DIR)
+    iam_dir = session.config.getoption("--iam-policies")
+    grants = load_grants(iam_dir)
     path = _output_path(session.config)
-    path.write_text(json.dumps([asdict(entry) for entry in recorded], indent=2) + "\n")
+    path.write_text(_as_json(recorded))
     verdict = _Verdict(
         recorded=recorded,
         missing=not_granted(recorded, grants),
         unchecked=sorted({e.policy for e in recorded if e.policy is not None and e.policy not in grants}),
         unused=never_called(recorded, grants) if _ran_whole_suite(session) else None,
+        unreadable_lines=unreadable,
+        iam_dir=iam_dir,
         path=path,
     )
     session.config.stash[_VERDICT] = verdict
@@ -354,7 +426,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         widths = [max(len(row[i]) for row in [("action", "policy", "called from"), *rows]) for i in range(3)]
         for row in [("action", "policy", "called from"), *rows]:
             write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)), red=True)
-        write(f"Add these to the policies in {IAM_DIR.relative_to(REPO)}/ (the run fails until they are).", red=True)
+        write(f"Add these to the policies in {verdict.iam_dir}/ (the run fails until they are).", red=True)
+    if verdict.unreadable_lines:
+        write(f"Note: {verdict.unreadable_lines} line(s) of the emulator's recordings could not be read.", yellow=True)
     for policy in verdict.unchecked:
         write(f"Not checked: {policy} does not exist yet, but calls were recorded for it.", yellow=True)
     if verdict.unused:

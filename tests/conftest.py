@@ -39,8 +39,13 @@ from core import emulator  # noqa: E402 - after the environment is set
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    """A moto server in its own process on a free loopback port (never mixed with mock_aws)."""
-    with emulator.moto_server(log_path=_SESSION_HOME / "moto.log") as endpoint:
+    """A moto server in its own process on a free loopback port (never mixed with mock_aws).
+
+    It records every request, so the calls of worker processes are checked against their IAM policy.
+    """
+    from tests.aws_calls import emulator_call_log
+
+    with emulator.moto_server(log_path=_SESSION_HOME / "moto.log", call_log=emulator_call_log()) as endpoint:
         yield endpoint
 
 

@@ -4,7 +4,6 @@ the code makes during the tests."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import boto3
@@ -147,21 +146,6 @@ def test_an_action_called_but_not_granted_is_reported_and_a_wildcard_grant_count
         ("s3:DeleteBucket", "tests/test_queues.py:a_bucket"),
         ("s3:GetObject", NO_REPOSITORY_FRAME),
     }
-
-
-def test_calls_handed_over_by_parallel_test_workers_are_added_up_and_judged() -> None:
-    setup = [("core/aws/sqs.py", "ensure_queue"), ("tasks/setup.py", "setup")]
-    first, second, controller = Recorder(), Recorder(), Recorder()
-    first.record({"sqs:CreateQueue"}, setup)
-    second.record({"sqs:CreateQueue", "sqs:TagQueue"}, setup)
-    second.record({"sqs:CreateQueue"}, setup)
-
-    for worker in (first, second):
-        controller.merge(json.loads(json.dumps([asdict(entry) for entry in worker.recorded()])))
-
-    assert {(e.action, e.calls) for e in controller.recorded()} == {("sqs:CreateQueue", 3), ("sqs:TagQueue", 1)}
-    missing = not_granted(controller.recorded(), {FLOW_USER: frozenset({"sqs:CreateQueue"})})
-    assert [(e.action, e.caller) for e in missing] == [("sqs:TagQueue", "core/aws/sqs.py:ensure_queue < tasks/setup.py:setup")]
 
 
 def test_a_policy_file_that_does_not_exist_yet_is_not_judged() -> None:

@@ -29,6 +29,9 @@ from worker.spot import start_spot_watch
 logger = logging.getLogger("worker")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(worker)s run=%(run_id)s job=%(job_id)s] %(message)s"
+# Ends the User-Agent of every request the worker makes, so CloudTrail (and the test suite's
+# emulator) tells the workers' calls from the flow's, which may use the same credentials.
+USER_AGENT_EXTRA = "prefect-distributed-worker"
 
 
 def make_clients(session: boto3.session.Session, settings: WorkerSettings) -> Clients:
@@ -36,6 +39,7 @@ def make_clients(session: boto3.session.Session, settings: WorkerSettings) -> Cl
     config = botocore.config.Config(
         retries={"mode": "standard", "max_attempts": 5},
         read_timeout=30 + settings.wait_time_s,
+        user_agent_extra=USER_AGENT_EXTRA,
     )
     return Clients(sqs=session.client("sqs", config=config), s3=session.client("s3", config=config))
 
@@ -48,7 +52,12 @@ def make_job_logs(
         return None
     # Each attempt's last lines are sent before the loop takes the next job: short timeouts and one
     # retry keep an unreachable CloudWatch to seconds per job, and lines are never worth more.
-    config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2, read_timeout=10)
+    config = botocore.config.Config(
+        retries={"mode": "standard", "max_attempts": 2},
+        connect_timeout=2,
+        read_timeout=10,
+        user_agent_extra=USER_AGENT_EXTRA,
+    )
     router = JobLogRouter(session.client("logs", config=config), settings.log_group, log)
     logger.addHandler(router)
     return router
