@@ -205,7 +205,7 @@ def write_job_file(path: Path, count: int, *, with_inputs: bool = True) -> Path:
 def create_run_queues(sqs: BaseClient, resources: RunResources, config: RunConfig) -> QueueUrls:
     """The run's two queues, made with the core calls the setup step makes."""
     dead = sqs_ops.ensure_queue(
-        sqs, resources.dead_letter_queue_name, {"MessageRetentionPeriod": str(sqs_ops.RETENTION_S)}, resources.tags
+        sqs, resources.dead_letter_queue_name, sqs_ops.dead_letter_queue_attributes(), resources.tags
     )
     attributes = sqs_ops.job_queue_attributes(
         sqs_ops.queue_arn(sqs, dead), config.queue.visibility_timeout_s, config.queue.job_retries

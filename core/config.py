@@ -166,6 +166,50 @@ class CheckIfDoneSettings(_Section):
     )
 
 
+class JobSettings(_Section):
+    """Defaults for what a job file leaves out (Distributed-Something's job files often give no 'output')."""
+
+    output: str | None = Field(
+        default=None,
+        description="Where each job's outputs go when the job file gives no 'output': a template with {field} "
+        "placeholders (e.g. 'results/{plate}/{well}'), or a folder in which each job gets a sub-folder of its "
+        "own (README: 'Coming from Distributed-Something'). Default: the app_name, as such a folder.",
+    )
+    inputs: tuple[str, ...] = Field(
+        default=(),
+        description="S3 keys every job downloads besides its own 'inputs', with {field} placeholders "
+        "(e.g. '{pipeline}'); a key ending in '/' downloads everything under that prefix.",
+    )
+
+
+class DownloadSettings(_Section):
+    """Distributed-CellProfiler's DOWNLOAD_FILES: fetch the images a job's LoadData CSV lists."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Before the program runs, download the job's CSV (the field 'list_field') and every file its "
+        "rows for the job's Metadata list, and point the CSV at the local copies (DOWNLOAD_FILES).",
+    )
+    list_field: str = Field(
+        default="data_file",
+        min_length=1,
+        description="The job field holding the CSV's key in the input bucket (DCP's 'data_file'); a '.txt' "
+        "file of one path per line is read as a file list.",
+    )
+    bucket_root: str = Field(
+        default="/home/ubuntu/bucket",
+        pattern=r"^/.*[^/]$",
+        description="Where the CSV's paths point: the input bucket's mount point in DCP's containers "
+        "(its DATA_ROOT); '<bucket_root>/<key>' is the file '<key>' of the input bucket.",
+    )
+    threads: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Files one job downloads at once: these, and everything under an input prefix ending in '/'.",
+    )
+
+
 class MonitorSettings(_Section):
     """How the flow watches a run."""
 
@@ -241,6 +285,8 @@ class RunConfig(_Section):
     container: ContainerSettings = Field(default_factory=ContainerSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     check_if_done: CheckIfDoneSettings = Field(default_factory=CheckIfDoneSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    download_files: DownloadSettings = Field(default_factory=DownloadSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @field_validator("bucket", "input_bucket", "output_bucket")
@@ -266,6 +312,11 @@ class RunConfig(_Section):
     @property
     def outputs_bucket(self) -> str:
         return self.output_bucket or self.bucket
+
+    @property
+    def job_settings(self) -> JobSettings:
+        """The job-file defaults with the output folder resolved (the app_name when none is set)."""
+        return self.jobs.model_copy(update={"output": self.jobs.output or self.app_name})
 
     def queue_names(self, run_id: str) -> tuple[str, str]:
         """The job queue's and the dead-letter queue's names for this run."""

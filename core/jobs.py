@@ -2,8 +2,10 @@
 
 A job file holds keys shared by every job plus a `groups` list: one job per element, the element's
 keys added to (and overriding) the shared ones. Keys containing `_comment` are dropped. Two keys
-have a meaning of their own: `inputs` (S3 keys in the input bucket, a string or a list) and `output`
-(the S3 prefix the job's results go to). Both may use `{field}` placeholders filled from the job.
+have a meaning of their own: `inputs` (S3 keys in the input bucket, a string or a list; a key
+ending in `/` is a prefix) and `output` (where the job's results go: see core/job_outputs.py for
+how each job gets a prefix of its own). Both may use `{field}` placeholders filled from the job.
+Distributed-CellProfiler's `Metadata` (`"Metadata_Plate=P1,..."`) also gives fields of their own.
 
 A batch of a million jobs is normal, so JSON job files are streamed: their memory does not grow with
 the number of jobs (see `_read_json`). YAML job files are loaded whole: PyYAML cannot stream one
@@ -28,13 +30,15 @@ import ijson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.aws.sqs import MAX_MESSAGE_BYTES
+from core.config import JobSettings
 from core.errors import ConfigError
 from core.idset import JobIdSet
+from core.job_outputs import METADATA_KEY, PrefixCheck, metadata_fields, overlap, own_folder
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-MAX_MESSAGE_BYTES = 262_144  # SQS's limit for one message
 COMMAND_PLACEHOLDERS = ("input_dir", "output_dir", "job_id")
 RESERVED_KEYS = ("inputs", "output")
 
@@ -62,7 +66,7 @@ class Job(BaseModel):
     index: int = Field(description="Position of the job's group in the job file, from 0.")
     fields: dict[str, Any] = Field(description="Shared keys merged with the group's keys.")
     inputs: tuple[str, ...] = Field(description="S3 keys downloaded before the program runs.")
-    output: str = Field(description="S3 prefix the program's outputs are uploaded under.")
+    output: str = Field(description="S3 prefix the program's outputs are uploaded under, this job's alone.")
 
 
 class JobMessage(BaseModel):
@@ -225,56 +229,86 @@ class _JobBuilder:
     source: str
     shared: dict[str, Any]
     command_fields: frozenset[str]  # the job fields the command's placeholders need
+    settings: JobSettings
 
     @classmethod
-    def for_file(cls, source: str, shared: dict[str, Any], command: str) -> _JobBuilder:
+    def for_file(cls, source: str, shared: dict[str, Any], command: str, settings: JobSettings) -> _JobBuilder:
         return cls(
             source=source,
             shared=_without_comments(shared),
             command_fields=frozenset(_placeholders(command) - set(COMMAND_PLACEHOLDERS)),
+            settings=settings,
         )
 
     def build(self, index: int, group: Any) -> Job:
         where = f"{self.source}: groups[{index}]"
         if not isinstance(group, dict):
             raise ConfigError(f"{where} must be a mapping of fields, got {type(group).__name__}")
-        merged = {**self.shared, **_without_comments(group)}
+        own = _without_comments(group)
+        merged = {**self.shared, **own}
         fields = {key: value for key, value in merged.items() if key not in RESERVED_KEYS}
         odd_key = next((key for key in fields if not isinstance(key, str)), None)
         if odd_key is not None:  # YAML allows them; a field is a name
             raise ConfigError(f"{where}: field name {odd_key!r} must be a string")
-        raw_inputs = merged.get("inputs", [])
-        if isinstance(raw_inputs, str):
-            raw_inputs = [raw_inputs]
-        if not isinstance(raw_inputs, list) or not all(isinstance(item, str) for item in raw_inputs):
-            raise ConfigError(f"{where}: 'inputs' must be an S3 key or a list of S3 keys")
-        output = merged.get("output")
-        if not isinstance(output, str) or not output.strip("/"):
+        metadata = None
+        if METADATA_KEY in fields:
+            text, metadata = metadata_fields(fields[METADATA_KEY], where)
+            _check_metadata_agrees(fields, metadata, where)
+            fields = {**fields, METADATA_KEY: text, **metadata}
+        template = merged.get("output", self.settings.output)
+        if template is None:
             raise ConfigError(
                 f"{where}: 'output' (the S3 prefix for the job's results) is missing; "
-                "add it to the group or the shared keys"
+                "add it to the group or the shared keys, or set jobs.output in the config"
             )
+        if not isinstance(template, str) or not template.strip("/"):
+            raise ConfigError(f"{where}: 'output' must be an S3 prefix such as 'results/{{plate}}', got {template!r}")
+        raw_inputs = (*_input_list(merged, where), *self.settings.inputs)
         inputs = tuple(_fill(item, fields, f"{where} inputs") for item in raw_inputs)
-        job_output = _fill(output, fields, f"{where} output").strip("/")
+        filled = _fill(template, fields, f"{where} output").strip("/")
         missing = self.command_fields.difference(fields)
         if missing:
             raise ConfigError(
                 f"{where}: the command uses {{{min(missing)}}}, which this job does not define; "
                 "add it to the group or the shared keys"
             )
-        canonical = _CANONICAL_JSON.encode({"fields": fields, "inputs": inputs, "output": job_output})
+        canonical = _CANONICAL_JSON.encode({"fields": fields, "inputs": inputs, "output": filled})
         job_id = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-        return Job(job_id=job_id, index=index, fields=fields, inputs=inputs, output=job_output)
+        output = filled
+        if metadata is not None or ("output" not in own and not _placeholders(template)):
+            # One folder for every job: each gets a sub-folder of its own (core/job_outputs.py).
+            group_keys = [key for key in own if key not in RESERVED_KEYS]
+            output = f"{filled}/{own_folder(fields, group_keys, metadata, job_id, where).strip('/')}"
+        return Job(job_id=job_id, index=index, fields=fields, inputs=inputs, output=output)
 
 
-def iter_jobs(path: Path, command: str) -> Iterator[Job]:
+def _input_list(merged: dict[str, Any], where: str) -> list[str]:
+    raw_inputs = merged.get("inputs", [])
+    if isinstance(raw_inputs, str):
+        raw_inputs = [raw_inputs]
+    if not isinstance(raw_inputs, list) or not all(isinstance(item, str) for item in raw_inputs):
+        raise ConfigError(f"{where}: 'inputs' must be an S3 key or a list of S3 keys")
+    return raw_inputs
+
+
+def _check_metadata_agrees(fields: dict[str, Any], metadata: dict[str, str], where: str) -> None:
+    """A field that Metadata also sets must say the same, or `{Metadata_X}` would mean two things."""
+    for name, value in metadata.items():
+        if name in fields and str(fields[name]) != value:
+            raise ConfigError(
+                f"{where}: Metadata sets {name}={value!r} but the job's field {name} is {fields[name]!r}; "
+                "keep one of them"
+            )
+
+
+def iter_jobs(path: Path, command: str, settings: JobSettings | None = None) -> Iterator[Job]:
     """Yield the jobs of a job file in order, validating each one (raises ConfigError).
 
-    A JSON file is streamed, so memory stays flat however many jobs it holds; a YAML file is
-    loaded whole.
+    `settings` gives what the file leaves out (the config's `jobs` section). A JSON file is
+    streamed, so memory stays flat however many jobs it holds; a YAML file is loaded whole.
     """
     shared, groups = _read_job_file(path)
-    builder = _JobBuilder.for_file(str(path), shared, command)
+    builder = _JobBuilder.for_file(str(path), shared, command, settings or JobSettings())
     index = -1
     for index, group in enumerate(groups):
         yield builder.build(index, group)
@@ -290,6 +324,9 @@ class JobFileCheck(BaseModel):
     path: Path
     count: int
     sha256: str = Field(description="Lets later steps re-read the file and know it did not change.")
+    settings: JobSettings = Field(
+        default_factory=JobSettings, description="The defaults the file was checked with; it is read again with them."
+    )
 
 
 def fingerprint(path: Path) -> str:
@@ -300,27 +337,57 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _first_index(path: Path, command: str, job_id: str) -> int:
-    """The index of the first job with this id: a second pass, made only when a duplicate is found."""
-    return next(job.index for job in iter_jobs(path, command) if job.job_id == job_id)
+def _earlier_jobs(path: Path, command: str, settings: JobSettings, job: Job) -> Iterator[Job]:
+    """The jobs before this one: a second pass, made only when a check suspects a clash."""
+    for other in iter_jobs(path, command, settings):
+        if other.index >= job.index:
+            return
+        yield other
 
 
-def check_jobs(path: Path, command: str) -> JobFileCheck:
-    """Validate a whole job file: fields, templates, duplicates and message size. Raises ConfigError.
+def _prefix_clash(path: Path, first: Job, second: Job) -> ConfigError:
+    if first.output == second.output:
+        what = f"groups[{first.index}] and groups[{second.index}] would both write their outputs under "
+        what += f"'{first.output}/'"
+        harm = "one job's files would overwrite the other's, and check-if-done would skip a job that never ran"
+    else:
+        outer, inner = (first, second) if len(first.output) < len(second.output) else (second, first)
+        what = (
+            f"groups[{inner.index}] would write its outputs under '{inner.output}/', inside the prefix of "
+            f"groups[{outer.index}] ('{outer.output}/')"
+        )
+        harm = f"check-if-done on groups[{outer.index}] would count the other job's files as its own"
+    fix = "put {placeholders} that tell the jobs apart in 'output' (e.g. 'results/{plate}/{well}')"
+    if METADATA_KEY in second.fields:
+        fix += ", or name the Metadata fields that tell them apart in 'output_structure' (e.g. " \
+            "'Metadata_Plate-Metadata_Well-Metadata_Site')"
+    return ConfigError(f"{path}: {what}: {harm}. Fix: {fix}")
 
-    The size is checked against a message for a run id of maximal length, so nothing sent later
-    can be rejected by SQS.
+
+def check_jobs(path: Path, command: str, settings: JobSettings | None = None) -> JobFileCheck:
+    """Validate a whole job file: fields, templates, duplicates, output prefixes and message size.
+
+    Raises ConfigError. Two jobs whose output prefixes are the same, or one inside the other, are
+    refused: they would lose results. The size is checked against a message for a run id of
+    maximal length, so nothing sent later can be rejected by SQS.
     """
+    settings = settings or JobSettings()
     try:
         shlex.split(command)
     except ValueError as exc:
         raise ConfigError(f"config.command is not a valid command line: {exc}") from None
     seen = JobIdSet()
+    prefixes = PrefixCheck()
     count = 0
-    for job in iter_jobs(path, command):
+    for job in iter_jobs(path, command, settings):
         if not seen.add(job.job_id):
-            first = _first_index(path, command, job.job_id)
-            raise ConfigError(f"{path}: groups[{job.index}] repeats groups[{first}]; every job must differ")
+            first = next(other for other in _earlier_jobs(path, command, settings, job) if other.job_id == job.job_id)
+            raise ConfigError(f"{path}: groups[{job.index}] repeats groups[{first.index}]; every job must differ")
+        if not prefixes.add(job.output):  # a hash hit: confirmed (or not) by reading the file again
+            earlier = _earlier_jobs(path, command, settings, job)
+            clash = next((other for other in earlier if overlap(other.output, job.output)), None)
+            if clash is not None:
+                raise _prefix_clash(path, clash, job)
         count += 1
         size = len(JobMessage.for_job(job, run_id="0" * 36).body().encode())
         if size > MAX_MESSAGE_BYTES:
@@ -328,11 +395,11 @@ def check_jobs(path: Path, command: str) -> JobFileCheck:
                 f"{path}: groups[{job.index}] makes a {size:,}-byte message; SQS takes at most "
                 f"{MAX_MESSAGE_BYTES:,} bytes. Move large values to S3 and pass their keys."
             )
-    return JobFileCheck(path=path, count=count, sha256=fingerprint(path))
+    return JobFileCheck(path=path, count=count, sha256=fingerprint(path), settings=settings)
 
 
 def reread_jobs(checked: JobFileCheck, command: str) -> Iterator[Job]:
     """The jobs of a checked file, again; raises ConfigError if the file changed since the check."""
     if fingerprint(checked.path) != checked.sha256:
         raise ConfigError(f"job file {checked.path} changed after it was validated; start the run again")
-    return iter_jobs(checked.path, command)
+    return iter_jobs(checked.path, command, checked.settings)

@@ -29,7 +29,7 @@ def setup_run(config: RunConfig, resources: RunResources) -> QueueUrls:
     dead_letter_url = sqs.ensure_queue(
         sqs_client,
         resources.dead_letter_queue_name,
-        {"MessageRetentionPeriod": str(sqs.RETENTION_S)},
+        sqs.dead_letter_queue_attributes(),
         {**resources.tags, TAG_QUEUE_ROLE: DEAD_LETTER},
     )
     queue_url = sqs.ensure_queue(

@@ -58,6 +58,6 @@ def resolve_config(value: ConfigParameter) -> RunConfig:
 def validate_run(config: ConfigParameter) -> ValidatedRun:
     logger = get_run_logger()
     run_config = resolve_config(config)
-    jobs = check_jobs(run_config.job_file, run_config.command)
+    jobs = check_jobs(run_config.job_file, run_config.command, run_config.job_settings)
     logger.info("Config %s: %d jobs in %s, all valid", run_config.app_name, jobs.count, run_config.job_file)
     return ValidatedRun(config=run_config, jobs=jobs)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from core.aws.sqs import MAX_MESSAGE_BYTES
 from core.errors import ConfigError
-from core.jobs import MAX_MESSAGE_BYTES, JobMessage, check_jobs, iter_jobs, reread_jobs
+from core.jobs import JobMessage, check_jobs, iter_jobs, reread_jobs
 
 COMMAND = "tool --in {input_dir} --out {output_dir} --well {well}"
 
@@ -73,8 +74,8 @@ def test_a_group_that_is_not_a_mapping_is_named(tmp_path: Path) -> None:
         load_jobs(write(tmp_path, {"output": "o/{w}", "groups": [{"w": 1}, "oops"]}), "run")
 
 
-def test_a_job_without_output_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"groups\[0\]: 'output' .* is missing"):
+def test_a_job_without_output_anywhere_is_refused_naming_the_config_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"groups\[0\]: 'output' .* is missing; .*or set jobs.output in the config"):
         load_jobs(write(tmp_path, {"groups": [{"w": 1}]}), "run")
 
 
@@ -92,7 +93,7 @@ def test_duplicate_groups_are_refused(tmp_path: Path) -> None:
 
 def test_a_job_too_large_for_one_sqs_message_is_refused(tmp_path: Path) -> None:
     big = "x" * MAX_MESSAGE_BYTES
-    with pytest.raises(ConfigError, match=r"groups\[1\] makes a [\d,]+-byte message; SQS takes at most 262,144"):
+    with pytest.raises(ConfigError, match=r"groups\[1\] makes a [\d,]+-byte message; SQS takes at most 1,048,576"):
         load_jobs(write(tmp_path, {"output": "o/{w}", "groups": [{"w": 1}, {"w": 2, "blob": big}]}), "run")
 
 
@@ -183,12 +184,13 @@ def test_a_duplicate_far_down_a_large_file_names_both_groups(tmp_path: Path) -> 
         check_jobs(write(tmp_path, {"output": "o/{w}", "groups": groups}), "run")
 
 
-def test_checking_keeps_memory_flat_however_many_jobs(tmp_path: Path) -> None:
-    """The file is streamed and no job outlives its check: the peak does not grow with the file."""
+@pytest.mark.parametrize("output", ["o/{w}", "o"])  # "o": each job's folder is "<w>-<pad>", 10 KB long
+def test_checking_keeps_memory_flat_however_many_jobs(tmp_path: Path, output: str) -> None:
+    """The file is streamed and neither a job nor its output prefix outlives its check: the peak does not grow."""
     import tracemalloc
 
     def peak_bytes(count: int) -> int:
-        path = write(tmp_path, {"output": "o/{w}", "groups": [{"w": n, "pad": "x" * 10_000} for n in range(count)]})
+        path = write(tmp_path, {"output": output, "groups": [{"w": n, "pad": "x" * 10_000} for n in range(count)]})
         tracemalloc.start()
         try:
             check_jobs(path, "run")

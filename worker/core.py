@@ -217,10 +217,10 @@ def _non_empty_string(body: Mapping[str, Any], key: str, job_id: str | None) -> 
 
 
 def _check_input_key(key: Any, job_id: str) -> str:
-    """An input key must stay below the input directory once used as a relative path."""
-    if not isinstance(key, str) or not key:
+    """An input key (or a prefix, ending in '/') must stay below the input directory as a relative path."""
+    if not isinstance(key, str) or not key.strip("/"):
         raise MalformedJob(f"every input must be a non-empty string, got {key!r}", job_id)
-    if key.startswith("/") or ".." in PurePosixPath(key).parts or key.endswith("/"):
+    if key.startswith("/") or ".." in PurePosixPath(key).parts:
         raise MalformedJob(f"input key {key!r} cannot be stored below the input directory", job_id)
     return key
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from botocore.client import BaseClient
@@ -16,7 +16,11 @@ from core.errors import AwsOperationError
 
 logger = logging.getLogger(__name__)
 
-BATCH_SIZE = 10  # SendMessageBatch's limit
+BATCH_SIZE = 10  # SendMessageBatch's limit on entries
+# SQS's limits on one message and on one SendMessageBatch call (all its messages together): 1 MiB
+# each since August 2025 (256 KiB before). A queue takes up to its MaximumMessageSize, set to match.
+MAX_MESSAGE_BYTES = 1_048_576
+MAX_BATCH_BYTES = 1_048_576
 RETENTION_S = 14 * 24 * 3600  # the longest SQS allows; the dead-letter queue keeps jobs as long
 MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 SEND_ATTEMPTS = 5
@@ -77,23 +81,57 @@ def queue_arn(sqs: BaseClient, url: str) -> str:
     return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 
 
+def dead_letter_queue_attributes() -> dict[str, str]:
+    """The dead-letter queue keeps jobs as long as SQS allows and takes any job the job queue takes."""
+    return {"MessageRetentionPeriod": str(RETENTION_S), "MaximumMessageSize": str(MAX_MESSAGE_BYTES)}
+
+
 def job_queue_attributes(dead_letter_arn: str, visibility_timeout_s: int, job_retries: int) -> dict[str, str]:
     return {
         "VisibilityTimeout": str(visibility_timeout_s),
         "MessageRetentionPeriod": str(RETENTION_S),
         "ReceiveMessageWaitTimeSeconds": "20",
+        "MaximumMessageSize": str(MAX_MESSAGE_BYTES),
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(job_retries)}),
     }
 
 
+def batches(bodies: Iterable[str]) -> Iterator[list[str]]:
+    """Consecutive batches SendMessageBatch takes: at most ten bodies and MAX_BATCH_BYTES in all.
+
+    Splitting by count alone fails as soon as ten bodies weigh more than 1 MiB together
+    (`BatchRequestTooLong`), which a job file with large jobs reaches quickly. Raises ValueError
+    for a body larger than one message may be (the job-file check refuses those first).
+    """
+    batch: list[str] = []
+    batch_bytes = 0
+    for body in bodies:
+        size = len(body.encode())
+        if size > MAX_MESSAGE_BYTES:
+            raise ValueError(f"a message holds at most {MAX_MESSAGE_BYTES:,} bytes, got {size:,}")
+        if batch_bytes + size > MAX_BATCH_BYTES:
+            yield batch
+            batch, batch_bytes = [], 0
+        batch.append(body)
+        batch_bytes += size
+        if len(batch) == BATCH_SIZE:  # sent at once: a full batch never waits for the next body
+            yield batch
+            batch, batch_bytes = [], 0
+    if batch:
+        yield batch
+
+
 def send_batch(sqs: BaseClient, url: str, batch: list[str]) -> int:
-    """Send up to ten bodies in one SendMessageBatch call; returns how many were sent (all of them).
+    """Send one batch (see `batches`) in one SendMessageBatch call; returns how many were sent (all of them).
 
     Entries that SQS reports as failed are sent again; an entry still failing after a few
     attempts, or one failed through the sender's fault, raises, because a job would be lost.
     """
     if len(batch) > BATCH_SIZE:
         raise ValueError(f"a batch holds at most {BATCH_SIZE} messages, got {len(batch)}")
+    batch_bytes = sum(len(body.encode()) for body in batch)
+    if batch_bytes > MAX_BATCH_BYTES:
+        raise ValueError(f"a batch holds at most {MAX_BATCH_BYTES:,} bytes in all, got {batch_bytes:,}")
     pending = {str(i): body for i, body in enumerate(batch)}
     for _attempt in range(SEND_ATTEMPTS):
         response = sqs.send_message_batch(

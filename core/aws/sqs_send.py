@@ -2,7 +2,8 @@
 
 SQS is bound by round trips (tens of milliseconds per call), not by CPU: one thread sending a
 million jobs ten at a time waits 100,000 round trips end to end. Here a few threads share one
-client (boto3 clients are thread-safe) and each sends whole batches with `sqs.send_batch`, so
+client (boto3 clients are thread-safe) and each sends whole batches (`sqs.batches`: at most ten
+messages and 1 MiB in all) with `sqs.send_batch`, so
 the re-sending of failed entries and the errors are exactly those of that function.
 
 Threads are not free either: botocore spends 1.5-2 ms of CPU per call, under one GIL, so past
@@ -16,21 +17,20 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from botocore.client import BaseClient
 
-from core.aws.clients import chunks
-from core.aws.sqs import BATCH_SIZE, send_batch
+from core.aws.sqs import batches, send_batch
 
 # One thread per connection of botocore's default pool (max_pool_connections=10): a thread beyond
 # the pool would open, and then drop, a connection of its own for every call.
 DEFAULT_THREADS = 10
 # Batches queued per thread beyond the one it is sending: keeps every thread busy while bounding
-# how many bodies are held in memory (threads x 2 batches of 10).
+# how many bodies are held in memory (threads x 2 batches of at most 10 messages and 1 MiB).
 QUEUED_PER_THREAD = 1
 
 
 def send_messages_concurrently(
     sqs: BaseClient, url: str, bodies: Iterable[str], *, threads: int = DEFAULT_THREADS
 ) -> int:
-    """Send every body, ten per SendMessageBatch call, `threads` calls at a time; returns how many were sent.
+    """Send every body, in batches of ten or 1 MiB, `threads` calls at a time; returns how many were sent.
 
     Same contract as `sqs.send_batch`: failed entries are sent again, an entry that keeps
     failing or fails through the sender's fault raises AwsOperationError, and any error raises
@@ -46,7 +46,7 @@ def send_messages_concurrently(
     pending: set[Future[int]] = set()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqs-send") as pool:
         try:
-            for batch in chunks(bodies, BATCH_SIZE):
+            for batch in batches(bodies):
                 if len(pending) >= limit:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     sent += sum(future.result() for future in done)
