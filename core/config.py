@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+# An SQS queue ARN: Distributed-CellProfiler configs before 2023 name the dead-letter queue so.
+QUEUE_ARN = re.compile(r"^arn:aws[\w-]*:sqs:[a-z0-9-]+:\d{12}:(?P<name>.+)$")
 # Longest queue name we derive is "<app>-<8 hex>-dead"; SQS allows 80 characters.
 MAX_APP_NAME = 60
 
@@ -63,6 +65,14 @@ class QueueSettings(_Section):
     job_timeout_s: int = Field(
         default=0, ge=0, description="Kill a job's program after this many seconds; 0 means never."
     )
+
+    @field_validator("name", "dead_letter_queue_name", mode="before")
+    @classmethod
+    def _name_from_arn(cls, value: Any) -> Any:
+        """A queue given by its ARN (arn:aws:sqs:<region>:<account>:<name>) is reduced to its name, as
+        Distributed-CellProfiler's run.py does for an old-style SQS_DEAD_LETTER_QUEUE."""
+        found = QUEUE_ARN.match(value) if isinstance(value, str) else None
+        return found.group("name") if found else value
 
 
 class ContainerSettings(_Section):
@@ -324,14 +334,51 @@ class RunConfig(_Section):
         return queue, self.queue.dead_letter_queue_name or f"{queue}-dead"
 
 
+# Distributed-Something's (and Distributed-CellProfiler's) config.py names, and the setting each is here.
+# The unknown-setting message and the config.py converter (core/ds_config.py) both read this.
+DS_NAMES: dict[str, str] = {
+    "APP_NAME": "app_name",
+    "DOCKERHUB_TAG": "container.image",
+    "AWS_REGION": "region",
+    "AWS_BUCKET": "bucket",
+    "SOURCE_BUCKET": "input_bucket",
+    "DESTINATION_BUCKET": "output_bucket",
+    "ECS_CLUSTER": "fleet.ecs_cluster",
+    "CLUSTER_MACHINES": "fleet.machines",
+    "TASKS_PER_MACHINE": "fleet.tasks_per_machine",
+    "MACHINE_TYPE": "fleet.machine_types",
+    "MACHINE_PRICE": "fleet.max_price_usd_per_hour",
+    "EBS_VOL_SIZE": "fleet.ebs_volume_gb",
+    "DOCKER_CORES": "container.processes",
+    "CPU_SHARES": "container.cpu_units",
+    "MEMORY": "container.memory_mib",
+    "SECONDS_TO_START": "container.stagger_s",
+    "SQS_QUEUE_NAME": "queue.name",
+    "SQS_MESSAGE_VISIBILITY": "queue.visibility_timeout_s",
+    "SQS_DEAD_LETTER_QUEUE": "queue.dead_letter_queue_name",
+    "JOB_RETRIES": "queue.job_retries",
+    "LOG_GROUP_NAME": "log_group_name",
+    "CHECK_IF_DONE_BOOL": "check_if_done.enabled",
+    "EXPECTED_NUMBER_FILES": "check_if_done.expected_number_files",
+    "MIN_FILE_SIZE_BYTES": "check_if_done.min_file_size_bytes",
+    "NECESSARY_STRING": "check_if_done.necessary_string",
+}
+
+
+def _unknown_setting_hint(key: str, parent_fields: list[str]) -> str:
+    ours = DS_NAMES.get(key.upper())
+    if ours:
+        return f"; {key} is Distributed-Something's name; here it is {ours}"
+    close = difflib.get_close_matches(key, parent_fields, n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; known settings here: {', '.join(parent_fields)}"
+
+
 def _describe(errors: list[dict[str, Any]], source: str) -> str:
     lines = [f"Invalid configuration in {source}:"]
     for error in errors:
         location = ".".join(str(part) for part in error["loc"]) or "(top level)"
         if error["type"] == "extra_forbidden":
-            parent_fields = _fields_at(error["loc"][:-1])
-            close = difflib.get_close_matches(str(error["loc"][-1]), parent_fields, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known settings here: {', '.join(parent_fields)}"
+            hint = _unknown_setting_hint(str(error["loc"][-1]), _fields_at(error["loc"][:-1]))
             lines.append(f"  - {location}: unknown setting{hint}")
         elif error["type"] == "missing":
             lines.append(f"  - {location}: required setting is missing")
@@ -360,15 +407,20 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> RunCon
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors(), source)) from None
-    if base_dir is None:
-        return config
-    fleet = config.fleet.model_copy(
-        update={
-            "local_workdir": base_dir / (config.fleet.local_workdir or "."),
-            "fleet_file": base_dir / config.fleet.fleet_file if config.fleet.fleet_file else None,
-        }
-    )
-    return config.model_copy(update={"job_file": base_dir / config.job_file, "fleet": fleet})
+    if base_dir is not None:
+        fleet = config.fleet.model_copy(
+            update={
+                "local_workdir": base_dir / (config.fleet.local_workdir or "."),
+                "fleet_file": base_dir / config.fleet.fleet_file if config.fleet.fleet_file else None,
+            }
+        )
+        config = config.model_copy(update={"job_file": base_dir / config.job_file, "fleet": fleet})
+    if config.job_file.is_dir():
+        raise ConfigError(
+            f"job_file {config.job_file} is a folder, not a job file: set job_file to the JSON or YAML file "
+            "inside it (e.g. job_file: jobs/exampleJob.json)"
+        )
+    return config
 
 
 def load_config_file(path: Path) -> RunConfig:

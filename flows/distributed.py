@@ -10,8 +10,9 @@ the `on_crashed` hook (run by the Prefect worker) cleans up from the run id alon
 flow catches anything left after that; with nobody to clean up, a new run with `resume_run_id`
 takes the batch over.
 
-With `action`, the same flow (and deployment name) checks the account (`preflight`) or prepares it
-once (`bootstrap`, `destroy-bootstrap`): see flows/preflight.py and flows/bootstrap.py.
+With `action`, the same flow (and deployment name) checks the account (`preflight`), prepares it
+once (`bootstrap`, `destroy-bootstrap`), or turns a Distributed-Something config.py into a YAML config
+(`convert-ds-config`): see flows/preflight.py, flows/bootstrap.py and flows/convert.py.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from core.bootstrap import BootstrapResult, DestroyResult
 from core.cleanup import clean_up
 from core.config import RunConfig
 from core.cost import CostEstimate
+from core.ds_config import DsConversion
 from core.errors import ConfigError, DistributedError
 from core.models import QueueUrls, RunResources, RunSummary
 from core.preflight import PreflightReport
 from flows.bootstrap import bootstrap_account
+from flows.convert import convert_ds_config
 from flows.preflight import preflight
 from tasks._aws import aws_clients
 from tasks.cleanup import cleanup_run
@@ -70,7 +73,7 @@ def _run_name() -> str:
     return f"{_app_name(current_run.parameters.get('config'))}-{kind}{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
-Action = Literal["run", "preflight", "bootstrap", "destroy-bootstrap"]
+Action = Literal["run", "preflight", "bootstrap", "destroy-bootstrap", "convert-ds-config"]
 
 
 def _clean_up_after_crash(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -97,18 +100,19 @@ def distributed(
     rerun_failed_from: str | None = None,
     resume_run_id: str | None = None,
     action: Action = "run",
-) -> RunSummary | PreflightReport | BootstrapResult | DestroyResult:
+) -> RunSummary | PreflightReport | BootstrapResult | DestroyResult | DsConversion:
     """Run one batch (or, by `action`, check or prepare the AWS account for batches).
 
     Args:
         config: A YAML config file path, the name of a saved 'Distributed Config' block, or the
-            settings themselves as a mapping.
+            settings themselves as a mapping (with action 'convert-ds-config': a config.py's path).
         rerun_failed_from: The run id of an earlier run of this config: run only the jobs it
             reported failed or unfinished (after you fixed their cause).
         resume_run_id: The run id of a run whose flow died before the batch finished: attach to its
             queue, fleet and records, send only what its queue lacks, watch it to the end, clean up.
         action: 'run' a batch; 'preflight': only check the account and the config; 'bootstrap': make
-            the account's roles, instance profile and bucket policy once; 'destroy-bootstrap': remove them.
+            the account's roles, instance profile and bucket policy once; 'destroy-bootstrap': remove them;
+            'convert-ds-config': write the YAML config of a Distributed-Something config.py beside it.
     """
     # Run inline (.fn), not as subflows: their artifacts then belong to this flow run, the one the
     # deployment started and the UI shows.
@@ -116,6 +120,8 @@ def distributed(
         return preflight.fn(config)
     if action in ("bootstrap", "destroy-bootstrap"):
         return bootstrap_account.fn(config, destroy=action == "destroy-bootstrap")
+    if action == "convert-ds-config":
+        return convert_ds_config.fn(config)
     validated = validate_run(config)
     run_config = validated.config
     if rerun_failed_from and resume_run_id:

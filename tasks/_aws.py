@@ -7,26 +7,51 @@ from typing import Any
 
 from prefect import Task
 from prefect.client.schemas.objects import TaskRun
+from prefect.exceptions import ObjectNotFound
 from prefect.states import State
 from prefect_aws import AwsCredentials
 
-from core.aws.clients import AwsClients, is_transient
+from core.aws.clients import AwsClients, check_endpoint, is_transient
 from core.config import RunConfig
+from core.errors import ConfigError
+
+
+def load_credentials(credentials_block: str | None) -> AwsCredentials:
+    """The saved 'AWS Credentials' block of that name, or boto3's default chain when None."""
+    if not credentials_block:
+        return AwsCredentials()
+    try:
+        return AwsCredentials.load(credentials_block, _sync=True)
+    except ValueError as exc:
+        if not isinstance(exc.__cause__, ObjectNotFound):  # Prefect's "Unable to find block document"
+            raise
+        raise ConfigError(
+            f"aws_credentials: there is no saved AWS Credentials block named '{credentials_block}' (list them with "
+            f"`prefect block ls`). Fix: correct aws_credentials, save one under that name "
+            f"(AwsCredentials(profile_name=...).save('{credentials_block}')), or remove aws_credentials to use "
+            "boto3's default credentials"
+        ) from None
 
 
 def clients_for(credentials_block: str | None, region: str, endpoint_url: str | None = None) -> AwsClients:
     """Clients from a saved credentials block (or boto3's default chain), for a region.
 
-    AWS calls go to `endpoint_url`, else the block's endpoint, else AWS_ENDPOINT_URL, else AWS.
+    AWS calls go to `endpoint_url`, else the block's endpoint, else AWS_ENDPOINT_URL, else AWS. An
+    endpoint set by any of these is tried once first, so a wrong one fails at once, naming its setting.
     """
-    credentials = AwsCredentials.load(credentials_block, _sync=True) if credentials_block else AwsCredentials()
-    return AwsClients(
-        session=credentials.get_boto3_session(),
-        region=region,
-        endpoint_url=endpoint_url
-        or credentials.aws_client_parameters.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL"),
+    credentials = load_credentials(credentials_block)
+    candidates = (
+        (endpoint_url, "the endpoint_url setting"),
+        (
+            credentials.aws_client_parameters.endpoint_url,
+            f"aws_client_parameters.endpoint_url of credentials block '{credentials_block}'",
+        ),
+        (os.environ.get("AWS_ENDPOINT_URL"), "AWS_ENDPOINT_URL in the environment"),
     )
+    endpoint, setting = next(((url, setting) for url, setting in candidates if url), (None, ""))
+    if endpoint:
+        check_endpoint(endpoint, setting)
+    return AwsClients(session=credentials.get_boto3_session(), region=region, endpoint_url=endpoint)
 
 
 def aws_clients(config: RunConfig) -> AwsClients:

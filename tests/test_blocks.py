@@ -47,3 +47,32 @@ def test_a_value_the_cli_read_as_json_says_how_to_quote_it(value: object, shown:
 def test_block_types_register_from_the_module() -> None:
     DistributedConfig.register_type_and_schema()
     assert DistributedConfig.get_block_type_slug() == "distributed-config"
+
+
+def test_a_credentials_block_that_does_not_exist_is_named_with_prefect_block_ls() -> None:
+    from tasks._aws import clients_for
+
+    with pytest.raises(ConfigError) as error:
+        clients_for("lab-creds", "us-east-1")
+
+    message = str(error.value)
+    assert message.startswith("aws_credentials: there is no saved AWS Credentials block named 'lab-creds'")
+    assert "`prefect block ls`" in message
+    assert "Unable to find block document" not in message
+
+
+def test_a_saved_credentials_block_gives_its_endpoint_to_the_clients(moto_endpoint: str) -> None:
+    from prefect_aws import AwsClientParameters, AwsCredentials
+
+    from tasks._aws import clients_for
+
+    AwsCredentials(
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        aws_client_parameters=AwsClientParameters(endpoint_url=moto_endpoint),
+    ).save("emulator-creds", overwrite=True)
+
+    clients = clients_for("emulator-creds", "us-east-1")
+
+    assert clients.endpoint_url == moto_endpoint
+    assert clients.client("sqs").list_queues().get("QueueUrls", []) == []

@@ -118,3 +118,40 @@ def test_workers_get_the_runs_own_log_group_only_when_job_log_streams_are_on(
 
     assert environment["DISTRIBUTED_LOG_GROUP"] == expected
     assert environment["DISTRIBUTED_RESOURCE_LOG_S"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("key", "ours"),
+    [("APP_NAME", "app_name"), ("SQS_QUEUE_NAME", "queue.name"), ("MACHINE_TYPE", "fleet.machine_types")],
+)
+def test_a_key_with_a_distributed_something_name_is_told_its_name_here(key: str, ours: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config({**MINIMAL, key: "x"}, "cfg.yaml")
+    assert f"  - {key}: unknown setting; {key} is Distributed-Something's name; here it is {ours}" in str(error.value)
+
+
+def test_a_distributed_something_name_inside_a_section_gets_the_same_hint() -> None:
+    with pytest.raises(ConfigError, match=r"queue\.JOB_RETRIES: unknown setting; JOB_RETRIES is Distributed-Some"):
+        parse_config({**MINIMAL, "queue": {"JOB_RETRIES": 3}}, "cfg.yaml")
+
+
+def test_a_dead_letter_queue_given_as_an_arn_is_reduced_to_its_name() -> None:
+    """Distributed-CellProfiler configs before 2023 name the dead-letter queue by its ARN."""
+    arn = "arn:aws:sqs:us-east-1:123456789012:user_DeadMessages"
+    config = parse_config({**MINIMAL, "queue": {"name": "cellsQueue", "dead_letter_queue_name": arn}}, "cfg.yaml")
+    assert config.queue_names("x") == ("cellsQueue", "user_DeadMessages")
+
+
+def test_a_malformed_dead_letter_queue_is_still_refused() -> None:
+    with pytest.raises(ConfigError, match=r"queue\.dead_letter_queue_name: String should match pattern"):
+        parse_config({**MINIMAL, "queue": {"dead_letter_queue_name": "arn:aws:sqs:us-east-1:12:x y"}}, "cfg.yaml")
+
+
+def test_a_job_file_that_is_a_folder_is_named_as_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "config.yaml"
+    path.write_text("app_name: cells\njob_file: jobs\ncommand: run\nbucket: my-bucket\n")
+    with pytest.raises(ConfigError) as error:
+        load_config_file(path)
+    assert str(error.value).startswith(f"job_file {tmp_path / 'jobs'} is a folder, not a job file: set job_file to")
+    assert "does not exist" not in str(error.value)

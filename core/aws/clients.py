@@ -2,13 +2,20 @@
 
 botocore retries throttling and 5xx itself (standard mode); Prefect task retries sit on top for
 what outlasts that. The read timeout exceeds SQS's 20 s long poll.
+
+An endpoint set by hand (the config's endpoint_url, a credentials block's, AWS_ENDPOINT_URL) that
+refuses connections is a configuration mistake, not a transient error: `check_endpoint` finds it with
+one connection attempt and names the setting to fix, where botocore and Prefect retries would spend
+about 100 s before showing botocore's own error.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.client import BaseClient
@@ -23,6 +30,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from core.errors import ConfigError
+
+ENDPOINT_CHECK_TIMEOUT_S = 5.0
 CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=40)
 
 TRANSIENT_ERROR_CODES = frozenset(
@@ -65,6 +75,25 @@ class AwsClients:
                 service, region_name=self.region, endpoint_url=self.endpoint_url, config=CLIENT_CONFIG
             )
         return self._cache[service]
+
+
+def check_endpoint(endpoint_url: str, setting: str, timeout_s: float = ENDPOINT_CHECK_TIMEOUT_S) -> None:
+    """Raise ConfigError naming `setting` unless `endpoint_url` accepts a connection; one attempt, no retry."""
+    parts = urlsplit(endpoint_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"the AWS endpoint {endpoint_url!r} (set by {setting}) is not an http(s) URL: give one like "
+            f"http://127.0.0.1:5000, or unset {setting} to call AWS itself"
+        )
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"the AWS endpoint {endpoint_url} (set by {setting}) cannot be reached: {reason}. Fix: start the AWS "
+            f"emulator or service there, correct {setting}, or unset it to call AWS itself"
+        ) from None
 
 
 def error_code(exc: BaseException) -> str:
