@@ -77,12 +77,16 @@ def queue_arn(sqs: BaseClient, url: str) -> str:
     return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 
 
-def job_queue_attributes(dead_letter_arn: str, visibility_timeout_s: int, job_retries: int) -> dict[str, str]:
+def job_queue_attributes(dead_letter_arn: str, visibility_timeout_s: int, max_receive_count: int) -> dict[str, str]:
+    """The job queue's settings. Workers dead-letter a job themselves after its failed runs; the
+    redrive after `max_receive_count` deliveries is the safety net for a job no worker survives."""
     return {
         "VisibilityTimeout": str(visibility_timeout_s),
         "MessageRetentionPeriod": str(RETENTION_S),
         "ReceiveMessageWaitTimeSeconds": "20",
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(job_retries)}),
+        "RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(max_receive_count)}
+        ),
     }
 
 
