@@ -208,7 +208,7 @@ def create_run_queues(sqs: BaseClient, resources: RunResources, config: RunConfi
         sqs, resources.dead_letter_queue_name, sqs_ops.dead_letter_queue_attributes(), resources.tags
     )
     attributes = sqs_ops.job_queue_attributes(
-        sqs_ops.queue_arn(sqs, dead), config.queue.visibility_timeout_s, config.queue.job_retries
+        sqs_ops.queue_arn(sqs, dead), config.queue.visibility_timeout_s, config.queue.redrive_receive_count
     )
     queue = sqs_ops.ensure_queue(sqs, resources.queue_name, attributes, resources.tags)
     return QueueUrls(queue_url=queue, dead_letter_queue_url=dead)

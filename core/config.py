@@ -21,6 +21,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 QUEUE_ARN = re.compile(r"^arn:aws[\w-]*:sqs:[a-z0-9-]+:\d{12}:(?P<name>.+)$")
 # Longest queue name we derive is "<app>-<8 hex>-dead"; SQS allows 80 characters.
 MAX_APP_NAME = 60
+# Deliveries the redrive policy allows beyond job_retries: hand-backs and workers that died mid-job.
+REDRIVE_SPARE_RECEIVES = 20
+# SQS's highest maxReceiveCount.
+MAX_RECEIVE_COUNT = 1000
 
 
 class _Section(BaseModel):
@@ -53,8 +57,11 @@ class QueueSettings(_Section):
         default=3,
         ge=1,
         le=1000,
-        description="Attempts before a failing job moves to the dead-letter queue (JOB_RETRIES, "
-        "the redrive policy's maxReceiveCount).",
+        description="Failed runs of a job's program before the worker moves the job to the dead-letter queue "
+        "(JOB_RETRIES), counted from the job's attempt records: a job handed back (SIGTERM, a Spot notice) or "
+        "whose worker died never spends one. The queue's redrive policy stays as a safety net for a job that "
+        f"kills its worker every time: it moves a job after job_retries + {REDRIVE_SPARE_RECEIVES} deliveries "
+        "(at most 1000, SQS's limit).",
     )
     retry_delay_s: int = Field(
         default=60,
@@ -73,6 +80,12 @@ class QueueSettings(_Section):
         Distributed-CellProfiler's run.py does for an old-style SQS_DEAD_LETTER_QUEUE."""
         found = QUEUE_ARN.match(value) if isinstance(value, str) else None
         return found.group("name") if found else value
+
+    @property
+    def redrive_receive_count(self) -> int:
+        """The redrive policy's maxReceiveCount: well above job_retries, so that only a job that kills
+        its worker again and again reaches it, never one that was merely interrupted a few times."""
+        return min(MAX_RECEIVE_COUNT, self.job_retries + REDRIVE_SPARE_RECEIVES)
 
 
 class ContainerSettings(_Section):

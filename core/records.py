@@ -1,16 +1,16 @@
 """The records workers write to S3 for each job, and how a run's summary is built from them.
 
 Layout under `runs/<run_id>/` in the records bucket (the worker writes it; worker/README.md):
-`outcomes/<job_id>.<status>.json` for each finished job and `attempts/<job_id>.json` for the latest
-failed attempt. Counting outcomes by key means one listing per thousand jobs, and a job delivered
-twice still has one outcome.
+`outcomes/<job_id>.<status>.json` for each finished job and `attempts/<job_id>.<n>.json` for each
+failed run of its program. Counting outcomes by key means one listing per thousand jobs, and a job
+delivered twice still has one outcome. The key layout is the worker's own (worker.core).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 from botocore.client import BaseClient
 
@@ -20,6 +20,7 @@ from core.idset import JobIdSet
 from core.jobs import Job
 from core.manifest import JobState, Manifest
 from core.models import DeadJob, RunResources, RunSummary
+from worker.core import attempt_numbers, attempt_prefix
 
 OUTCOME_STATUSES = ("succeeded", "skipped")
 
@@ -67,8 +68,20 @@ def read_outcomes(s3: BaseClient, resources: RunResources) -> Outcomes:
     return outcomes
 
 
-def last_failure(s3: BaseClient, resources: RunResources, job_id: str) -> dict | None:
-    return get_json(s3, resources.records_bucket, f"{resources.records_prefix}/attempts/{job_id}.json")
+class Failures(NamedTuple):
+    """A job's failed runs, from its attempt records: how many, and the latest record (None: none)."""
+
+    count: int
+    latest: dict[str, Any] | None
+
+
+def failures(s3: BaseClient, resources: RunResources, job_id: str) -> Failures:
+    """One listing of the job's attempt records, and one read of the latest."""
+    prefix = attempt_prefix(resources.run_id, job_id)
+    numbers = attempt_numbers(list_keys(s3, resources.records_bucket, prefix), prefix)
+    if not numbers:
+        return Failures(0, None)
+    return Failures(len(numbers), get_json(s3, resources.records_bucket, f"{prefix}{numbers[-1]}.json"))
 
 
 def dead_jobs(s3: BaseClient, resources: RunResources, messages: Iterable[DeadMessage]) -> list[DeadJob]:
@@ -78,20 +91,28 @@ def dead_jobs(s3: BaseClient, resources: RunResources, messages: Iterable[DeadMe
         try:
             body = json.loads(message.body)
             job_id, fields = str(body["job_id"]), dict(body.get("fields", {}))
-            failure = None if job_id in found else last_failure(s3, resources, job_id)
+            failed = Failures(0, None) if job_id in found else failures(s3, resources, job_id)
         except (ValueError, KeyError, TypeError):
-            job_id, fields, failure = f"unreadable-{len(found)}", {"body": message.body[:500]}, None
+            job_id, fields, failed = f"unreadable-{len(found)}", {"body": message.body[:500]}, Failures(0, None)
         if job_id in found:
             continue
-        failure = failure or {}
-        output_tail = str(failure.get("output_tail") or "")
-        reason = message.reason or failure.get("reason") or "moved to the dead-letter queue after its retries"
+        latest = failed.latest or {}
+        output_tail = str(latest.get("output_tail") or "")
+        reason = message.reason or latest.get("reason") or _redriven_reason(message.receive_count)
         last_line = next((line for line in reversed(output_tail.splitlines()) if line.strip()), "")
         if last_line and last_line not in reason:
             reason = f"{reason}: {last_line.strip()}"
-        attempts = int(failure.get("attempt") or message.receive_count)
+        # A job the redrive policy moved has no failed run: its deliveries are what it spent.
+        attempts = failed.count or message.receive_count
         found[job_id] = DeadJob(job_id=job_id, fields=fields, reason=reason, attempts=attempts, output_tail=output_tail)
     return sorted(found.values(), key=lambda dead: dead.job_id)
+
+
+def _redriven_reason(receive_count: int) -> str:
+    return (
+        f"moved to the dead-letter queue by the queue's redrive policy after {receive_count} deliveries that no "
+        "worker finished (the job may kill its worker, e.g. by running it out of memory; see the worker logs)"
+    )
 
 
 def build_summary(

@@ -26,6 +26,7 @@ def worker_environment(config: RunConfig, resources: RunResources, urls: QueueUr
         "DISTRIBUTED_NECESSARY_STRING": check.necessary_string,
         "DISTRIBUTED_VISIBILITY_TIMEOUT_S": str(config.queue.visibility_timeout_s),
         "DISTRIBUTED_RETRY_DELAY_S": str(config.queue.retry_delay_s),
+        "DISTRIBUTED_JOB_RETRIES": str(config.queue.job_retries),
         "DISTRIBUTED_JOB_TIMEOUT_S": str(config.queue.job_timeout_s),
         "DISTRIBUTED_IDLE_EXIT_S": str(config.monitor.worker_idle_exit_s),
         "DISTRIBUTED_WAIT_TIME_S": str(config.monitor.worker_wait_time_s),

@@ -36,15 +36,19 @@ def setup_run(config: RunConfig, resources: RunResources) -> QueueUrls:
         sqs_client,
         resources.queue_name,
         sqs.job_queue_attributes(
-            sqs.queue_arn(sqs_client, dead_letter_url), config.queue.visibility_timeout_s, config.queue.job_retries
+            sqs.queue_arn(sqs_client, dead_letter_url),
+            config.queue.visibility_timeout_s,
+            config.queue.redrive_receive_count,
         ),
         resources.tags,
     )
     logger.info(
-        "Queue %s ready (visibility %d s, %d attempts before the dead-letter queue %s)",
+        "Queue %s ready (visibility %d s; a job goes to the dead-letter queue %s after %d failed runs, "
+        "or after %d deliveries that no worker finished)",
         resources.queue_name,
         config.queue.visibility_timeout_s,
-        config.queue.job_retries,
         resources.dead_letter_queue_name,
+        config.queue.job_retries,
+        config.queue.redrive_receive_count,
     )
     return QueueUrls(queue_url=queue_url, dead_letter_queue_url=dead_letter_url)

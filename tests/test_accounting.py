@@ -58,25 +58,25 @@ def test_outcomes_are_counted_by_key_and_a_job_counts_once(s3) -> None:
     assert (len(outcomes), outcomes.succeeded, "junk" in outcomes) == (3, 2, False)
 
 
-def test_a_dead_job_carries_the_workers_reason_or_its_last_failed_attempt(s3) -> None:
-    put_json(
-        s3,
-        "records",
-        "runs/run-1/attempts/b.json",
-        {
-            "job_id": "b",
-            "attempt": 2,
-            "reason": "exit status 2",
-            "output_tail": "reading\nrow 7: 'n/a' is not a number\n",
-        },
-    )
+REDRIVEN = (
+    "moved to the dead-letter queue by the queue's redrive policy after 3 deliveries that no worker finished "
+    "(the job may kill its worker, e.g. by running it out of memory; see the worker logs)"
+)
+
+
+def test_a_dead_job_carries_the_workers_reason_or_its_last_failed_run_and_counts_its_failed_runs(s3) -> None:
+    runs = ((1, "exit status 1", "first try"), (2, "exit status 2", "reading\nrow 7: 'n/a' is not a number\n"))
+    for attempt, reason, tail in runs:
+        record = {"job_id": "b", "attempt": attempt, "reason": reason, "output_tail": tail}
+        put_json(s3, "records", f"runs/run-1/attempts/b.{attempt}.json", record)
+    put_json(s3, "records", "runs/run-1/attempts/b.2.1.json", {"reason": "job b.2's, not b's"})
     found = dead_jobs(
         s3, RESOURCES, [dead("a", reason="input missing", receive_count=1), dead("b"), dead("c"), dead("b")]
     )
     assert [(d.job_id, d.reason, d.attempts) for d in found] == [
         ("a", "input missing", 1),
         ("b", "exit status 2: row 7: 'n/a' is not a number", 2),
-        ("c", "moved to the dead-letter queue after its retries", 3),
+        ("c", REDRIVEN, 3),
     ]
     assert found[0].fields == {"id": "a"}
     assert found[1].output_tail.splitlines() == ["reading", "row 7: 'n/a' is not a number"]
@@ -120,5 +120,5 @@ def test_the_summary_accounts_for_every_job_exactly_once(s3) -> None:
         ("d", "failed"),
         ("e", "unfinished"),
     ]
-    assert rows[3]["reason"] == "moved to the dead-letter queue after its retries" and rows[3]["attempts"] == "3"
+    assert rows[3]["reason"] == REDRIVEN and rows[3]["attempts"] == "3"
     assert json.loads(rows[4]["fields"]) == {"id": "e"}

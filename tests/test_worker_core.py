@@ -16,9 +16,11 @@ from worker.core import (
     MissingPlaceholder,
     PermanentFailure,
     attempt_key,
+    attempt_prefix,
     attempt_record,
     backoff_delay_s,
     count_finished_outputs,
+    failed_runs,
     job_environment,
     outcome_key,
     outcome_prefix,
@@ -26,6 +28,7 @@ from worker.core import (
     outputs_complete,
     parse_message,
     render_command,
+    retries_spent,
     settings_from_env,
 )
 from worker.joblog import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, batches, log_event
@@ -69,6 +72,7 @@ def test_settings_take_defaults_from_the_readme() -> None:
     assert settings.necessary_string == ""
     assert settings.visibility_timeout_s == 60
     assert settings.retry_delay_s == 60
+    assert settings.job_retries == 3
     assert settings.job_timeout_s == 0
     assert settings.idle_exit_s == 60
     assert settings.wait_time_s == 20
@@ -92,6 +96,7 @@ def test_settings_parse_every_optional_variable() -> None:
             "DISTRIBUTED_NECESSARY_STRING": ".csv",
             "DISTRIBUTED_VISIBILITY_TIMEOUT_S": "120",
             "DISTRIBUTED_RETRY_DELAY_S": "5",
+            "DISTRIBUTED_JOB_RETRIES": "7",
             "DISTRIBUTED_JOB_TIMEOUT_S": "1.5",
             "DISTRIBUTED_IDLE_EXIT_S": "2",
             "DISTRIBUTED_WAIT_TIME_S": "0",
@@ -107,7 +112,7 @@ def test_settings_parse_every_optional_variable() -> None:
     assert settings.check_if_done is True
     assert (settings.expected_number_files, settings.min_file_size_bytes) == (3, 0)
     assert settings.necessary_string == ".csv"
-    assert (settings.visibility_timeout_s, settings.retry_delay_s) == (120, 5)
+    assert (settings.visibility_timeout_s, settings.retry_delay_s, settings.job_retries) == (120, 5, 7)
     assert (settings.job_timeout_s, settings.idle_exit_s, settings.stagger_s) == (1.5, 2.0, 0.5)
     assert (settings.wait_time_s, settings.processes) == (0, 4)
     assert settings.work_dir == "/scratch"
@@ -132,6 +137,7 @@ def test_a_missing_required_variable_is_named(name: str) -> None:
         ("DISTRIBUTED_VISIBILITY_TIMEOUT_S", "0"),
         ("DISTRIBUTED_VISIBILITY_TIMEOUT_S", "1.5"),
         ("DISTRIBUTED_RETRY_DELAY_S", "-1"),
+        ("DISTRIBUTED_JOB_RETRIES", "0"),
         ("DISTRIBUTED_PROCESSES", "0"),
         ("DISTRIBUTED_EXPECTED_NUMBER_FILES", "0"),
         ("DISTRIBUTED_JOB_TIMEOUT_S", "nan"),
@@ -312,7 +318,25 @@ def test_outcome_keys_carry_the_status_and_never_match_a_longer_job_id() -> None
     assert outcome_key("run-1", "job-1", "skipped") == "runs/run-1/outcomes/job-1.skipped.json"
     assert outcome_key("run-1", "job-1", "succeeded").startswith(outcome_prefix("run-1", "job-1"))
     assert not outcome_key("run-1", "job-10", "succeeded").startswith(outcome_prefix("run-1", "job-1"))
-    assert attempt_key("run-1", "job-1") == "runs/run-1/attempts/job-1.json"
+
+
+def test_failed_runs_are_counted_from_the_jobs_own_numbered_attempt_records() -> None:
+    prefix = attempt_prefix("run-1", "job-1")
+    assert attempt_key("run-1", "job-1", 2) == "runs/run-1/attempts/job-1.2.json"
+    keys = [
+        attempt_key("run-1", "job-1", 1),
+        attempt_key("run-1", "job-1", 2),
+        attempt_key("run-1", "job-1", 2),  # two workers that ran a duplicate delivery at once
+        attempt_key("run-1", "job-1.5", 1),  # another job, whose id starts with this one's
+        attempt_key("run-1", "job-10", 1),
+        "runs/run-1/attempts/job-1.notes.json",
+    ]
+    assert failed_runs(keys, prefix) == 2
+    assert failed_runs([], prefix) == 0
+
+
+def test_only_failed_runs_spend_retries() -> None:
+    assert [retries_spent(failed, job_retries=2) for failed in range(4)] == [False, False, True, True]
 
 
 GIB = 1024**3

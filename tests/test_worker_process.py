@@ -30,6 +30,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from core import emulator
+from core.aws import sqs as sqs_ops
+from core.config import QueueSettings
 from core.jobs import Job
 from core.manifest import Manifest
 from core.models import RunResources
@@ -69,6 +71,7 @@ class Stack:
     s3: Any
     queue_url: str
     dlq_url: str
+    job_retries: int
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def send_job(self, job_id: str, inputs: tuple[str, ...] = (), **fields: Any) -> None:
@@ -105,6 +108,7 @@ class Stack:
             "DISTRIBUTED_WAIT_TIME_S": "1",
             "DISTRIBUTED_IDLE_EXIT_S": "2",
             "DISTRIBUTED_RETRY_DELAY_S": "1",
+            "DISTRIBUTED_JOB_RETRIES": str(self.job_retries),
             "DISTRIBUTED_WORK_DIR": str(self.tmp_path / "work"),
             **{f"DISTRIBUTED_{name.upper()}": str(value) for name, value in settings.items()},
         }
@@ -149,8 +153,17 @@ class Stack:
         assert key.endswith(f"/{job_id}.{record['status']}.json")
         return record
 
+    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's attempt records (one per failed run), in the order of their numbers."""
+        keys = self.keys(RECORDS_BUCKET, f"runs/{RUN_ID}/attempts/{job_id}.")
+        records = [json.loads(self.text(RECORDS_BUCKET, key)) for key in keys]
+        for key, record in zip(keys, records, strict=True):
+            assert key.endswith(f"/{job_id}.{record['attempt']}.json")
+        return sorted(records, key=lambda record: record["attempt"])
+
     def attempt(self, job_id: str) -> dict[str, Any]:
-        return json.loads(self.text(RECORDS_BUCKET, f"runs/{RUN_ID}/attempts/{job_id}.json"))
+        """The job's latest attempt record."""
+        return self.attempts(job_id)[-1]
 
     def dead_letters(self) -> list[dict[str, Any]]:
         response = self.sqs.receive_message(
@@ -164,24 +177,26 @@ MakeStack = Callable[..., Stack]
 
 @pytest.fixture
 def make_stack(moto_endpoint: str, tmp_path: Path) -> Iterator[MakeStack]:
-    """Build a stack on the (freshly reset) moto server; workers still running at the end are killed."""
+    """Build a stack on the (freshly reset) moto server; workers still running at the end are killed.
+
+    The job queue's redrive policy is the one setup gives it for `job_retries`, unless a test sets
+    `max_receive_count` itself.
+    """
     stacks: list[Stack] = []
 
-    def build(max_receive_count: int = 2, visibility_timeout_s: int = 30) -> Stack:
+    def build(job_retries: int = 2, visibility_timeout_s: int = 30, max_receive_count: int | None = None) -> Stack:
         clients = {
             name: boto3.client(name, endpoint_url=moto_endpoint, region_name="us-east-1") for name in ("sqs", "s3")
         }
         sqs, s3 = clients["sqs"], clients["s3"]
         dlq_url = sqs.create_queue(QueueName="jobs-dlq")["QueueUrl"]
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}
-        queue_url = sqs.create_queue(
-            QueueName="jobs",
-            Attributes={"VisibilityTimeout": str(visibility_timeout_s), "RedrivePolicy": json.dumps(redrive)},
-        )["QueueUrl"]
+        receives = max_receive_count or QueueSettings(job_retries=job_retries).redrive_receive_count
+        attributes = sqs_ops.job_queue_attributes(dlq_arn, visibility_timeout_s, receives)
+        queue_url = sqs.create_queue(QueueName="jobs", Attributes=attributes)["QueueUrl"]
         for bucket in (INPUT_BUCKET, OUTPUT_BUCKET, RECORDS_BUCKET):
             s3.create_bucket(Bucket=bucket)
-        stack = Stack(moto_endpoint, tmp_path, sqs, s3, queue_url, dlq_url)
+        stack = Stack(moto_endpoint, tmp_path, sqs, s3, queue_url, dlq_url, job_retries)
         stacks.append(stack)
         return stack
 
@@ -262,10 +277,10 @@ def test_a_batch_is_processed_by_two_workers_which_then_exit_by_themselves(
     assert list((tmp_path / "work").iterdir()) == []  # per-job directories are removed
 
 
-def test_a_failing_program_is_retried_then_dead_lettered_without_uploading(
+def test_a_program_that_fails_job_retries_times_is_dead_lettered_by_the_worker_with_each_runs_record(
     make_stack: MakeStack, tmp_path: Path
 ) -> None:
-    stack = make_stack(max_receive_count=2)
+    stack = make_stack(job_retries=2)
     stack.send_job("job-bad")
     program = write_script(
         tmp_path,
@@ -282,19 +297,23 @@ def test_a_failing_program_is_retried_then_dead_lettered_without_uploading(
     assert stack.wait_for_exit(worker) == 0
     [dead] = stack.dead_letters()
     assert json.loads(dead["Body"])["job_id"] == "job-bad"
-    attempt = stack.attempt("job-bad")
-    assert attempt["exit_code"] == 3
-    assert attempt["reason"] == "exit status 3"
-    assert attempt["permanent"] is False
-    assert attempt["attempt"] == 2
-    assert attempt["output_tail"].splitlines() == [f"line {number}" for number in range(10, 30)]
+    # The worker moved it (the redrive policy allows 22 deliveries), with the reason.
+    assert dead["MessageAttributes"]["reason"]["StringValue"] == "exit status 3"
+    attempts = stack.attempts("job-bad")
+    assert [attempt["attempt"] for attempt in attempts] == [1, 2]
+    for attempt in attempts:
+        assert attempt["exit_code"] == 3
+        assert attempt["reason"] == "exit status 3"
+        assert attempt["permanent"] is False
+        assert attempt["output_tail"].splitlines() == [f"line {number}" for number in range(10, 30)]
+    assert "attempt 2 of 2 failed (exit status 3): sending to the dead-letter queue" in stack.logs()
     assert stack.keys(OUTPUT_BUCKET) == []
     assert stack.keys(RECORDS_BUCKET, f"runs/{RUN_ID}/outcomes/") == []
     assert stack.counts() == (0, 0, 0)
 
 
 def test_a_missing_input_is_dead_lettered_at_once_with_the_reason(make_stack: MakeStack) -> None:
-    stack = make_stack(max_receive_count=5)
+    stack = make_stack(job_retries=5)
     stack.send_job("job-orphan", inputs=("inputs/nowhere.txt",))
 
     worker = stack.start_worker(f"{PYTHON} -c pass")
@@ -312,7 +331,7 @@ def test_a_missing_input_is_dead_lettered_at_once_with_the_reason(make_stack: Ma
 
 
 def test_malformed_messages_other_runs_and_missing_placeholders_are_dead_lettered(make_stack: MakeStack) -> None:
-    stack = make_stack(max_receive_count=5)
+    stack = make_stack(job_retries=5)
     stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody="{not json")
     stack.send_job("job-no-plate", sample="A01")
     other_run = {
@@ -424,7 +443,7 @@ def test_sigterm_stops_the_program_and_hands_the_job_back_at_once(make_stack: Ma
 
 
 def test_a_program_over_its_time_limit_is_killed_and_the_job_returned(make_stack: MakeStack, tmp_path: Path) -> None:
-    stack = make_stack(max_receive_count=1)
+    stack = make_stack(job_retries=1)
     stack.send_job("job-slow")
     began = time.monotonic()
 
@@ -436,9 +455,10 @@ def test_a_program_over_its_time_limit_is_killed_and_the_job_returned(make_stack
     assert "timed out" in attempt["reason"]
     assert attempt["exit_code"] is None
     assert attempt["permanent"] is False
-    # Returned to the queue rather than deleted: the redrive policy then moved it on its next receive.
+    # Its one retry spent, the worker moved it to the dead-letter queue with the reason.
     [dead] = stack.dead_letters()
     assert json.loads(dead["Body"])["job_id"] == "job-slow"
+    assert dead["MessageAttributes"]["reason"]["StringValue"] == attempt["reason"]
 
 
 def test_a_deleted_queue_ends_the_worker_cleanly(make_stack: MakeStack) -> None:
@@ -468,7 +488,7 @@ def test_a_bad_configuration_exits_2_naming_the_variable(tmp_path: Path) -> None
 
 
 def test_a_job_whose_worker_is_killed_completes_on_another_worker(make_stack: MakeStack, tmp_path: Path) -> None:
-    stack = make_stack(visibility_timeout_s=3, max_receive_count=5)
+    stack = make_stack(visibility_timeout_s=3)
     stack.send_job("job-crash")
     starts = tmp_path / "starts"
     program = write_script(
@@ -500,6 +520,82 @@ def test_a_job_whose_worker_is_killed_completes_on_another_worker(make_stack: Ma
     assert [line.split()[1] for line in starts.read_text().splitlines()] == [str(victim.pid), str(survivor.pid)]
     assert stack.text(OUTPUT_BUCKET, "results/job-crash/result.txt") == "done"
     assert stack.keys(RECORDS_BUCKET, f"runs/{RUN_ID}/attempts/") == []  # a killed attempt records nothing
+    assert stack.counts() == (0, 0, 0)
+
+
+INTERRUPTIONS = 5
+
+
+def test_a_job_interrupted_five_times_with_two_retries_still_succeeds_and_spends_none(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    """Each of the first five runs is cut short: its worker SIGTERMed (the job handed back) or
+    SIGKILLed (the job comes back after its visibility timeout). SQS counts six deliveries, three
+    times job_retries; the job's own records count no failed run, so it neither dies nor loses a retry.
+    """
+    stack = make_stack(job_retries=2, visibility_timeout_s=3)
+    stack.send_job("job-tough")
+    starts = tmp_path / "starts"
+    program = write_script(
+        tmp_path,
+        "tough.py",
+        "import os, pathlib, sys, time",
+        "with open(sys.argv[1], 'a') as starts:",
+        "    starts.write(f'{os.getpid()}\\n')",
+        f"if len(pathlib.Path(sys.argv[1]).read_text().splitlines()) <= {INTERRUPTIONS}:",
+        "    time.sleep(300)  # interrupted long before",
+        "pathlib.Path(sys.argv[2], 'result.txt').write_text('done')",
+    )
+    command = f"{program} {shlex.quote(str(starts))} {{output_dir}}"
+
+    def runs() -> list[str]:
+        return starts.read_text().splitlines() if starts.exists() else []
+
+    for interruption in range(INTERRUPTIONS):
+        worker = stack.start_worker(command, visibility_timeout_s=3)
+        wait_until(lambda: len(runs()) == interruption + 1, 20, f"run {interruption + 1} started")
+        if interruption % 2 == 0:
+            worker.send_signal(signal.SIGTERM)
+            assert stack.wait_for_exit(worker, timeout_s=10) == 0
+        else:
+            worker.kill()
+            # A container's program dies with its worker; a bare process's does not.
+            os.killpg(int(runs()[-1]), signal.SIGKILL)
+            assert worker.wait(timeout=10) == -signal.SIGKILL
+    last = stack.start_worker(command, visibility_timeout_s=3)
+
+    assert stack.wait_for_exit(last, timeout_s=30) == 0
+    assert len(runs()) == INTERRUPTIONS + 1
+    outcome = stack.outcome("job-tough")
+    assert outcome["status"] == "succeeded"
+    assert outcome["attempt"] == 1  # no failed run before it
+    assert stack.text(OUTPUT_BUCKET, "results/job-tough/result.txt") == "done"
+    assert stack.keys(RECORDS_BUCKET, f"runs/{RUN_ID}/attempts/") == []
+    assert stack.counts() == (0, 0, 0)
+    assert stack.counts(stack.dlq_url) == (0, 0, 0)
+
+
+def test_a_job_whose_records_show_its_retries_spent_is_dead_lettered_without_running(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    """A worker that recorded a job's last failed run but died before moving the job leaves it in
+    the queue; the next worker reads the records and moves it, with the reason, without running it."""
+    stack = make_stack(job_retries=2)
+    for attempt in (1, 2):
+        record = {"job_id": "job-spent", "attempt": attempt, "permanent": False, "reason": "exit status 1"}
+        stack.put(RECORDS_BUCKET, f"runs/{RUN_ID}/attempts/job-spent.{attempt}.json", json.dumps(record))
+    # Another job's records, whose id starts with this one's: not this job's failed runs.
+    stack.put(RECORDS_BUCKET, f"runs/{RUN_ID}/attempts/job-spent.2.1.json", "{}")
+    stack.send_job("job-spent")
+    marker = tmp_path / "marker"
+
+    worker = stack.start_worker(f"{PYTHON} -c {shlex.quote(MARKER_PROGRAM)} {shlex.quote(str(marker))}")
+
+    assert stack.wait_for_exit(worker) == 0
+    assert not marker.exists()
+    [dead] = stack.dead_letters()
+    assert json.loads(dead["Body"])["job_id"] == "job-spent"
+    assert dead["MessageAttributes"]["reason"]["StringValue"] == "its program failed 2 time(s) (job_retries: 2)"
     assert stack.counts() == (0, 0, 0)
 
 
@@ -729,7 +825,7 @@ def test_chaos_workers_killed_at_random_and_duplicate_deliveries_lose_no_job_and
     all at once: moto's cost per call grows with the queue's depth, which is not what is tested.
     """
     rng = random.Random(20260301)
-    stack = make_stack(visibility_timeout_s=3, max_receive_count=10)
+    stack = make_stack(visibility_timeout_s=3)
     job_ids = [f"job-{number:03d}" for number in range(CHAOS_JOBS)]
     pending = job_ids + job_ids[::5]  # every fifth job a second time
     rng.shuffle(pending)

@@ -29,6 +29,8 @@ _MAX_VISIBILITY_S = 43_200
 _MAX_WAIT_TIME_S = 20
 # CloudWatch Logs' rule for log group names.
 _LOG_GROUP_NAME = re.compile(r"[.\-_/#A-Za-z0-9]{1,512}\Z")
+# What follows an attempt record's prefix: its number.
+_ATTEMPT_SUFFIX = re.compile(r"[0-9]+\.json\Z")
 # Where EC2 serves instance metadata (IMDS); a test points the worker at a fake instead.
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 
@@ -80,6 +82,8 @@ class WorkerSettings:
     necessary_string: str = ""
     visibility_timeout_s: int = 60
     retry_delay_s: int = 60
+    # Failed runs of a job's program before the worker moves it to the dead-letter queue.
+    job_retries: int = 3
     job_timeout_s: float = 0.0
     idle_exit_s: float = 60.0
     wait_time_s: int = 20
@@ -196,6 +200,7 @@ def settings_from_env(env: Mapping[str, str]) -> WorkerSettings:
         necessary_string=env.get("DISTRIBUTED_NECESSARY_STRING", ""),
         visibility_timeout_s=_number(env, "DISTRIBUTED_VISIBILITY_TIMEOUT_S", 60, 1, _MAX_VISIBILITY_S),
         retry_delay_s=_number(env, "DISTRIBUTED_RETRY_DELAY_S", 60, 0, _MAX_VISIBILITY_S),
+        job_retries=_number(env, "DISTRIBUTED_JOB_RETRIES", 3, 1, 1000),
         job_timeout_s=_number(env, "DISTRIBUTED_JOB_TIMEOUT_S", 0.0, low=0.0),
         idle_exit_s=_number(env, "DISTRIBUTED_IDLE_EXIT_S", 60.0, low=0.0),
         wait_time_s=_number(env, "DISTRIBUTED_WAIT_TIME_S", 20, 0, _MAX_WAIT_TIME_S),
@@ -326,8 +331,38 @@ def outcome_key(run_id: str, job_id: str, status: str) -> str:
     return f"{outcome_prefix(run_id, job_id)}{status}.json"
 
 
-def attempt_key(run_id: str, job_id: str) -> str:
-    return f"runs/{run_id}/attempts/{job_id}.json"
+def attempt_prefix(run_id: str, job_id: str) -> str:
+    """What every attempt record of the job starts with (the dot ends the id, as for outcomes)."""
+    return f"runs/{run_id}/attempts/{job_id}."
+
+
+def attempt_key(run_id: str, job_id: str, attempt: int) -> str:
+    """One record per failed run of the program, numbered from 1: their count is the job's retries."""
+    return f"{attempt_prefix(run_id, job_id)}{attempt}.json"
+
+
+def attempt_numbers(keys: Iterable[str], prefix: str) -> list[int]:
+    """The numbers of the attempt records under `prefix`, in order, each once.
+
+    Only `<prefix><number>.json` counts, so the records of a longer job id that starts with this one
+    and a dot (`job-1.5` beside `job-1`) are never taken for this job's.
+    """
+    suffixes = (key[len(prefix) :] for key in keys if key.startswith(prefix))
+    return sorted({int(suffix[: -len(".json")]) for suffix in suffixes if _ATTEMPT_SUFFIX.match(suffix)})
+
+
+def failed_runs(keys: Iterable[str], prefix: str) -> int:
+    """How many failed runs of the job's program its attempt records show."""
+    return len(attempt_numbers(keys, prefix))
+
+
+def retries_spent(failed: int, job_retries: int) -> bool:
+    """Whether a job whose program failed `failed` times goes to the dead-letter queue.
+
+    Only failed runs count: a job handed back (SIGTERM, a Spot notice) or whose worker died has
+    no attempt record, so interruptions never spend a job's retries, whatever SQS's receive count.
+    """
+    return failed >= job_retries
 
 
 def _utc_iso(moment: datetime) -> str:

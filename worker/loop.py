@@ -30,8 +30,10 @@ from worker.core import (
     PermanentFailure,
     WorkerSettings,
     attempt_key,
+    attempt_prefix,
     attempt_record,
     backoff_delay_s,
+    failed_runs,
     job_environment,
     outcome_key,
     outcome_prefix,
@@ -40,6 +42,7 @@ from worker.core import (
     outputs_complete,
     parse_message,
     render_command,
+    retries_spent,
 )
 from worker.joblog import JobLogRouter
 from worker.program import Heartbeat, run_program
@@ -185,7 +188,6 @@ class WorkerLoop:
             MaxNumberOfMessages=1,
             WaitTimeSeconds=self.settings.wait_time_s,
             VisibilityTimeout=self.settings.visibility_timeout_s,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
         messages = response.get("Messages", [])
         return messages[0] if messages else None
@@ -199,7 +201,6 @@ class WorkerLoop:
     def _handle(self, message: dict[str, Any]) -> None:
         """Take one message through its whole life: it ends deleted, dead-lettered or visible again."""
         receipt = message["ReceiptHandle"]
-        attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         if self.stop.is_set():
             self._release(receipt, self.log)
             return
@@ -209,15 +210,23 @@ class WorkerLoop:
                 raise MalformedJob(f"the job belongs to run {job.run_id!r}, not {self.settings.run_id!r}", job.job_id)
         except MalformedJob as exc:
             job_id = exc.job_id or f"unparsed-{message['MessageId']}"
-            self._fail_permanently(message, job_id, attempt, exc.reason, self._job_log(job_id))
+            self._fail_permanently(message, job_id, 1, exc.reason, self._job_log(job_id))
             return
         log = self._job_log(job.job_id)
         if self._has_outcome(job):
             log.info("already done (duplicate delivery): deleting the message")
             self._delete(receipt)
             return
+        # The job's own records count its failed runs; SQS's receive count also counts hand-backs.
+        failed = self._failed_runs(job)
+        if retries_spent(failed, self.settings.job_retries):
+            # A worker recorded the last failure but stopped before it could move the job.
+            reason = f"its program failed {failed} time(s) (job_retries: {self.settings.job_retries})"
+            log.error("sending to the dead-letter queue: %s", reason)
+            self._send_to_dead_letter_queue(message, reason)
+            return
         with self._job_log_stream(job.job_id):
-            self._attempt(message, job, attempt, log)
+            self._attempt(message, job, failed + 1, log)
 
     def _job_log_stream(self, job_id: str) -> AbstractContextManager[None]:
         """Where the attempt's lines also go: its CloudWatch log stream, when there are streams."""
@@ -249,7 +258,7 @@ class WorkerLoop:
             self._fail_permanently(message, job.job_id, attempt, exc.reason, log)
             return
         except TransientFailure as exc:
-            self._fail_transiently(receipt, job.job_id, attempt, exc, log)
+            self._fail_transiently(message, job.job_id, attempt, exc, log)
             return
         duration_s = time.monotonic() - started
         record = outcome_record(
@@ -334,17 +343,18 @@ class WorkerLoop:
     ) -> None:
         log.error("permanent failure, sending to the dead-letter queue: %s", reason)
         self._record_attempt(job_id, attempt=attempt, permanent=True, reason=reason)
-        self.sqs.send_message(
-            QueueUrl=self.settings.dead_letter_queue_url,
-            MessageBody=message["Body"],
-            MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:MAX_REASON_CHARS]}},
-        )
-        self._delete(message["ReceiptHandle"])
+        self._send_to_dead_letter_queue(message, reason)
 
     def _fail_transiently(
-        self, receipt: str, job_id: str, attempt: int, failure: TransientFailure, log: logging.LoggerAdapter[Any]
+        self,
+        message: dict[str, Any],
+        job_id: str,
+        attempt: int,
+        failure: TransientFailure,
+        log: logging.LoggerAdapter[Any],
     ) -> None:
-        log.warning("attempt %d failed (%s); retrying in %d s", attempt, failure.reason, self.settings.retry_delay_s)
+        """Record the failed run; then retry the job after the delay, or dead-letter it when that
+        was its last retry (the worker does it, not the redrive policy: see retries_spent)."""
         self._record_attempt(
             job_id,
             attempt=attempt,
@@ -353,9 +363,29 @@ class WorkerLoop:
             exit_code=failure.exit_code,
             output_tail=failure.output_tail,
         )
+        retries = self.settings.job_retries
+        if retries_spent(attempt, retries):
+            log.error(
+                "attempt %d of %d failed (%s): sending to the dead-letter queue", attempt, retries, failure.reason
+            )
+            self._send_to_dead_letter_queue(message, failure.reason)
+            return
+        delay_s = self.settings.retry_delay_s
+        log.warning("attempt %d of %d failed (%s); retrying in %d s", attempt, retries, failure.reason, delay_s)
         self.sqs.change_message_visibility(
-            QueueUrl=self.settings.queue_url, ReceiptHandle=receipt, VisibilityTimeout=self.settings.retry_delay_s
+            QueueUrl=self.settings.queue_url,
+            ReceiptHandle=message["ReceiptHandle"],
+            VisibilityTimeout=delay_s,
         )
+
+    def _send_to_dead_letter_queue(self, message: dict[str, Any], reason: str) -> None:
+        """The body goes to the dead-letter queue with its reason, and only then leaves the job queue."""
+        self.sqs.send_message(
+            QueueUrl=self.settings.dead_letter_queue_url,
+            MessageBody=message["Body"],
+            MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:MAX_REASON_CHARS]}},
+        )
+        self._delete(message["ReceiptHandle"])
 
     def _record_attempt(
         self,
@@ -377,7 +407,7 @@ class WorkerLoop:
             worker=self.worker,
             failed_at=utc_now(),
         )
-        self._put_record(attempt_key(self.settings.run_id, job_id), record)
+        self._put_record(attempt_key(self.settings.run_id, job_id, attempt), record)
 
     def _put_record(self, key: str, record: dict[str, Any]) -> None:
         self.s3.put_object(
@@ -386,6 +416,12 @@ class WorkerLoop:
             Body=json.dumps(record).encode(),
             ContentType="application/json",
         )
+
+    def _failed_runs(self, job: JobMessage) -> int:
+        prefix = attempt_prefix(job.run_id, job.job_id)
+        paginator = self.s3.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.settings.records_bucket, Prefix=prefix)
+        return failed_runs((item["Key"] for page in pages for item in page.get("Contents", [])), prefix)
 
     def _has_outcome(self, job: JobMessage) -> bool:
         listing = self.s3.list_objects_v2(

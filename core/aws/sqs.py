@@ -86,13 +86,17 @@ def dead_letter_queue_attributes() -> dict[str, str]:
     return {"MessageRetentionPeriod": str(RETENTION_S), "MaximumMessageSize": str(MAX_MESSAGE_BYTES)}
 
 
-def job_queue_attributes(dead_letter_arn: str, visibility_timeout_s: int, job_retries: int) -> dict[str, str]:
+def job_queue_attributes(dead_letter_arn: str, visibility_timeout_s: int, max_receive_count: int) -> dict[str, str]:
+    """The job queue's settings. Workers dead-letter a job themselves after its failed runs; the
+    redrive after `max_receive_count` deliveries is the safety net for a job no worker survives."""
     return {
         "VisibilityTimeout": str(visibility_timeout_s),
         "MessageRetentionPeriod": str(RETENTION_S),
         "ReceiveMessageWaitTimeSeconds": "20",
         "MaximumMessageSize": str(MAX_MESSAGE_BYTES),
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(job_retries)}),
+        "RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(max_receive_count)}
+        ),
     }
 
 
