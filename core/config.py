@@ -118,12 +118,16 @@ class ContainerSettings(_Section):
 
 
 class FleetSettings(_Section):
-    """Where workers run: 'local' processes on this machine, or an EC2 Spot Fleet."""
+    """Where workers run: processes or containers on this machine, or an EC2 Spot Fleet."""
 
-    backend: Literal["local", "spot-fleet"] = Field(
-        default="local", description="'local' (worker processes on this machine) or 'spot-fleet' (EC2 Spot Fleet)."
+    backend: Literal["local", "docker", "spot-fleet"] = Field(
+        default="local",
+        description="'local' (worker processes on this machine), 'docker' (containers of container.image on this "
+        "machine's Docker engine: test an image before paying for a fleet) or 'spot-fleet' (EC2 Spot Fleet).",
     )
-    local_workers: int = Field(default=4, ge=1, le=64, description="Worker processes started by the 'local' fleet.")
+    local_workers: int = Field(
+        default=4, ge=1, le=64, description="Worker processes ('local') or containers ('docker') on this machine."
+    )
     local_workdir: Path | None = Field(
         default=None,
         description="Working directory of local workers; default: the folder of the config file.",

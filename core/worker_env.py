@@ -9,6 +9,11 @@ from __future__ import annotations
 from core.config import RunConfig
 from core.models import QueueUrls, RunResources
 
+# How long a worker gets from SIGTERM to exit (ECS stopTimeout, docker's stop timeout): an idle
+# worker first finishes its long poll (at most SQS's 20 s) and hands back what it brought; a busy
+# one gives its program 3 s (worker/program.py) and hands its job back. Past this: SIGKILL.
+WORKER_STOP_TIMEOUT_S = 30
+
 
 def worker_environment(config: RunConfig, resources: RunResources, urls: QueueUrls) -> dict[str, str]:
     check = config.check_if_done

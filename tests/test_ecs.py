@@ -37,6 +37,9 @@ def test_the_task_definition_carries_the_environment_awslogs_and_the_task_role_b
     container = definition["taskDefinition"]["containerDefinitions"][0]
     assert container["name"] == "distributed-r1"
     assert container["essential"] is True
+    # An init reaps the orphans of the programs; a stopped worker has time to hand its job back.
+    assert container["linuxParameters"] == {"initProcessEnabled": True}
+    assert container["stopTimeout"] == 30
     assert (container["cpu"], container["memory"], container["image"]) == (1024, 2048, "worker:1")
     assert {item["name"]: item["value"] for item in container["environment"]} == ENVIRONMENT
     assert container["logConfiguration"] == {

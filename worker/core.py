@@ -96,6 +96,9 @@ class WorkerSettings:
     resource_log_s: float = 30.0
     spot_watch: bool = False
     imds_endpoint: str = DEFAULT_IMDS_ENDPOINT
+    # Names this worker in records and log lines; None: the host's name (a container's own, unless
+    # it shares the host's network, where the docker fleet names each container instead).
+    worker_name: str | None = None
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -211,6 +214,7 @@ def settings_from_env(env: Mapping[str, str]) -> WorkerSettings:
         resource_log_s=_number(env, "DISTRIBUTED_RESOURCE_LOG_S", 30.0, low=0.0),
         spot_watch=_boolean(env, "DISTRIBUTED_SPOT_WATCH", False),
         imds_endpoint=_http_url(env, "DISTRIBUTED_IMDS_ENDPOINT", DEFAULT_IMDS_ENDPOINT),
+        worker_name=env.get("DISTRIBUTED_WORKER_NAME", "").strip() or None,
     )
 
 

@@ -127,7 +127,7 @@ class WorkerLoop:
         self.stop = stop
         # None: no per-job CloudWatch log streams (DISTRIBUTED_LOG_GROUP unset).
         self.job_logs = job_logs
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{index}"
+        self.worker = f"{settings.worker_name or socket.gethostname()}:{os.getpid()}:{index}"
         self.log = self._job_log("-")
         # Keeps ECS from stopping this container while it runs a job (on ECS only).
         self.protection = protection or TaskProtection.from_environment(os.environ, self.log)

@@ -13,6 +13,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from core.aws.clients import chunks, error_code, paginate
+from core.worker_env import WORKER_STOP_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,9 @@ def register_task_definition(
     """Register a new revision of the worker's task definition and return its ARN.
 
     One essential container named after the family; its output goes to `log_group` through the
-    awslogs driver. AWS access comes from the task role, never from keys in the environment
+    awslogs driver. ECS's init runs as PID 1 and reaps what every job's program leaves behind, and
+    a stopped worker gets WORKER_STOP_TIMEOUT_S to hand its job back before SIGKILL (set here, not
+    left to each machine's agent setting, ECS_CONTAINER_STOP_TIMEOUT). AWS access comes from the task role, never from keys in the environment
     (Distributed-Something copied the user's keys there in plain text): such keys raise ValueError.
     """
     secrets = FORBIDDEN_ENVIRONMENT & environment.keys()
@@ -88,6 +91,8 @@ def register_task_definition(
         "cpu": cpu_units,
         "memory": memory_mib,
         "essential": True,
+        "linuxParameters": {"initProcessEnabled": True},
+        "stopTimeout": WORKER_STOP_TIMEOUT_S,
         "environment": [{"name": key, "value": value} for key, value in sorted(environment.items())],
         "logConfiguration": {
             "logDriver": "awslogs",

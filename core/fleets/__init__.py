@@ -7,11 +7,13 @@ from collections.abc import Callable
 from core.aws.clients import AwsClients
 from core.config import RunConfig
 from core.fleets.base import FleetBackend, FleetRequest
+from core.fleets.docker import DockerFleet
 from core.fleets.local import LocalFleet
 from core.fleets.spot_fleet import SpotFleet
 
 BACKENDS: dict[str, Callable[[AwsClients, RunConfig | None], FleetBackend]] = {
     "local": LocalFleet.from_clients,
+    "docker": DockerFleet.from_clients,
     "spot-fleet": SpotFleet.from_clients,
 }
 
@@ -21,4 +23,4 @@ def fleet_backend(clients: AwsClients, config: RunConfig) -> FleetBackend:
     return BACKENDS[config.fleet.backend](clients, config)
 
 
-__all__ = ["BACKENDS", "FleetBackend", "FleetRequest", "LocalFleet", "SpotFleet", "fleet_backend"]
+__all__ = ["BACKENDS", "DockerFleet", "FleetBackend", "FleetRequest", "LocalFleet", "SpotFleet", "fleet_backend"]

@@ -6,8 +6,22 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.aws.clients import AwsClients
 from core.cost import CostEstimate, CostReport
 from core.models import FleetHandle, FleetStatus
+
+
+def flow_credentials(clients: AwsClients) -> dict[str, str]:
+    """The flow's own AWS keys as the variables boto3 reads; empty when it has none. Workers on this
+    machine use them; a Spot Fleet's use their task role instead."""
+    found = clients.session.get_credentials()
+    if found is None:
+        return {}
+    frozen = found.get_frozen_credentials()
+    credentials = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+    if frozen.token:
+        credentials["AWS_SESSION_TOKEN"] = frozen.token
+    return credentials
 
 
 class FleetRequest(BaseModel):
@@ -70,3 +84,22 @@ class FleetBackend(Protocol):
     def stop(self, handle: FleetHandle) -> None:
         """Stop every worker of the fleet; stopping a stopped fleet does nothing."""
         ...
+
+
+class ThisMachine:
+    """What a fleet of workers on this machine (processes or containers) does where a Spot Fleet
+    would scale, hold or pay: nothing."""
+
+    def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
+        """Nothing to do: workers exit by themselves once the queue has drained for
+        monitor.worker_idle_exit_s, and stopping one could interrupt its job."""
+
+    def hold(self, handle: FleetHandle) -> None:
+        """Nothing to do: workers on this machine are never replaced."""
+
+    def cost_estimate(self, jobs: int) -> CostEstimate | None:
+        """Workers on this machine cost nothing extra."""
+        return None
+
+    def cost(self, handle: FleetHandle) -> CostReport | None:
+        return None

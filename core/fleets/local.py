@@ -18,9 +18,8 @@ from pathlib import Path
 
 from core.aws.clients import AwsClients
 from core.config import RunConfig
-from core.cost import CostEstimate, CostReport
 from core.errors import ConfigError
-from core.fleets.base import FleetRequest
+from core.fleets.base import FleetRequest, ThisMachine, flow_credentials
 from core.models import FleetHandle, FleetStatus
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-class LocalFleet:
+class LocalFleet(ThisMachine):
     """Runs workers as processes on this machine; `credentials` is the AWS environment they get."""
 
     def __init__(
@@ -79,13 +78,7 @@ class LocalFleet:
     @classmethod
     def from_clients(cls, clients: AwsClients, config: RunConfig | None = None) -> LocalFleet:
         """Workers get the flow's own credentials and endpoint (the process environment, never a log)."""
-        environment: dict[str, str] = {}
-        credentials = clients.session.get_credentials()
-        if credentials is not None:
-            frozen = credentials.get_frozen_credentials()
-            environment = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
-            if frozen.token:
-                environment["AWS_SESSION_TOKEN"] = frozen.token
+        environment = flow_credentials(clients)
         if clients.endpoint_url:
             environment["AWS_ENDPOINT_URL"] = clients.endpoint_url
         if config is None:
@@ -136,20 +129,6 @@ class LocalFleet:
         return sorted(
             path.name for path in self._state_root.iterdir() if self.status(self.handle_for(path.name)).running
         )
-
-    def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
-        """Nothing to do: local workers exit by themselves once the queue has drained for
-        monitor.worker_idle_exit_s, and signalling one could interrupt its job."""
-
-    def hold(self, handle: FleetHandle) -> None:
-        """Nothing to do: local workers are never replaced."""
-
-    def cost_estimate(self, jobs: int) -> CostEstimate | None:
-        """Local workers cost nothing extra."""
-        return None
-
-    def cost(self, handle: FleetHandle) -> CostReport | None:
-        return None
 
     def status(self, handle: FleetHandle) -> FleetStatus:
         return FleetStatus(target=handle.workers, running=sum(_is_running(pid) for pid in self._pids(handle)))
