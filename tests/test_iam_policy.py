@@ -161,7 +161,9 @@ def test_calls_handed_over_by_parallel_test_workers_are_added_up_and_judged() ->
 
     assert {(e.action, e.calls) for e in controller.recorded()} == {("sqs:CreateQueue", 3), ("sqs:TagQueue", 1)}
     missing = not_granted(controller.recorded(), {FLOW_USER: frozenset({"sqs:CreateQueue"})})
-    assert [(e.action, e.caller) for e in missing] == [("sqs:TagQueue", "core/aws/sqs.py:ensure_queue < tasks/setup.py:setup")]
+    assert [(e.action, e.caller) for e in missing] == [
+        ("sqs:TagQueue", "core/aws/sqs.py:ensure_queue < tasks/setup.py:setup")
+    ]
 
 
 def test_a_policy_file_that_does_not_exist_yet_is_not_judged() -> None:
