@@ -41,7 +41,7 @@ def clean_up(
     _delete_queues(clients.client("sqs"), config, resources, result)
     _export_logs(clients, config, resources, result, clock=clock, sleep=sleep)
     logger.info(
-        "Cleanup of run %s: deleted %s; kept %s; left %s",
+        "Cleanup of run %s: deleted %s; kept on purpose %s; could not delete %s",
         resources.run_id,
         result.deleted,
         result.kept or "nothing",

@@ -296,6 +296,12 @@ class RunConfig(_Section):
         "jobs (they expire after 14 days; the janitor deletes it once empty), 'keep' always, 'delete' always. "
         "Dead jobs are listed in the run summary either way.",
     )
+    fail_on_dead_jobs: bool = Field(
+        default=False,
+        description="End the flow run Failed when any job ended in the dead-letter queue (a parent flow or "
+        "automation then sees a failure). By default such a run ends 'Completed with dead jobs', its message "
+        "giving the counts, and returns its RunSummary.",
+    )
     keep_log_group: bool = Field(
         default=False,
         description="Keep the run's CloudWatch log group after its export to S3 (runs/<run id>/logs/); "

@@ -20,10 +20,12 @@ JobState = Literal["succeeded", "skipped", "failed", "unfinished"]
 COLUMNS = ("job_id", "state", "attempts", "reason", "fields")
 SPILL_BYTES = 8 * 1024 * 1024
 PREVIEW_ROWS = 200
+UNFINISHED_ROWS = 1000  # the UI's jobs table holds at most this many rows
 
 
 class Manifest:
-    """Collects one row per job; keeps the first PREVIEW_ROWS finished rows for the UI table."""
+    """Collects one row per job; keeps the first PREVIEW_ROWS finished rows and UNFINISHED_ROWS unfinished
+    ones (with their fields, to resubmit them) for the UI table."""
 
     def __init__(self) -> None:
         self._file = tempfile.SpooledTemporaryFile(max_size=SPILL_BYTES, mode="w+b")  # noqa: SIM115 - closed by close()
@@ -31,6 +33,7 @@ class Manifest:
         self._csv = csv.writer(self._text)
         self._csv.writerow(COLUMNS)
         self.preview: list[dict[str, Any]] = []
+        self.unfinished: list[dict[str, Any]] = []
 
     def add(self, job_id: str, fields: dict[str, Any], state: JobState, dead: DeadJob | None = None) -> None:
         row = {
@@ -43,6 +46,8 @@ class Manifest:
         self._csv.writerow(row[column] for column in COLUMNS)
         if state in ("succeeded", "skipped") and len(self.preview) < PREVIEW_ROWS:
             self.preview.append(row)
+        elif state == "unfinished" and len(self.unfinished) < UNFINISHED_ROWS:
+            self.unfinished.append({**row, "reason": "no outcome when the run ended"})
 
     def upload(self, s3: BaseClient, bucket: str, key: str) -> str:
         """Upload the manifest (multipart when large) and return its s3:// URI."""

@@ -144,3 +144,26 @@ class RunSummary(_Model):
     @property
     def accounted(self) -> int:
         return self.succeeded + self.skipped + len(self.failed) + len(self.unfinished)
+
+    @property
+    def headline(self) -> str:
+        """The counts in one line, e.g. '99 of 100 succeeded, 1 dead': the run's state message in the
+        Prefect UI and the start of every artifact's description, so a glance at a list tells how a
+        run went."""
+        parts = [f"{self.succeeded} of {self.total} succeeded"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped (already done)")
+        if self.failed:
+            parts.append(f"{len(self.failed)} dead")
+        if self.unfinished:
+            parts.append(f"{len(self.unfinished)} unfinished")
+        return ", ".join(parts)
+
+    @property
+    def left_in_aws(self) -> str:
+        """What the run left in AWS, kept on purpose apart from what cleanup could not delete."""
+        kept = ", ".join(self.resources_kept)
+        if not self.resources_left:
+            return f"only what was kept on purpose: {kept}" if kept else "nothing"
+        could_not = f"{', '.join(self.resources_left)} (cleanup could not delete it)"
+        return f"{could_not}; kept on purpose: {kept}" if kept else could_not

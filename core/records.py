@@ -165,5 +165,15 @@ def build_summary(
     )
 
 
+def _summary_key(resources: RunResources) -> str:
+    return f"{resources.records_prefix}/summary.json"
+
+
 def save_summary(s3: BaseClient, resources: RunResources, summary: RunSummary) -> None:
-    put_json(s3, resources.records_bucket, f"{resources.records_prefix}/summary.json", summary.model_dump(mode="json"))
+    put_json(s3, resources.records_bucket, _summary_key(resources), summary.model_dump(mode="json"))
+
+
+def read_summary(s3: BaseClient, resources: RunResources) -> RunSummary | None:
+    """The run's summary, or None before the run finished (it is saved last, after cleanup)."""
+    saved = get_json(s3, resources.records_bucket, _summary_key(resources))
+    return None if saved is None else RunSummary.model_validate(saved)

@@ -27,9 +27,10 @@ import yaml
 from prefect import Flow, flow, get_run_logger, tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import TerminationSignal
 from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run as current_run
-from prefect.states import State
+from prefect.states import Cancelled, Completed, Failed, State
 
 from core.batch import Batch
 from core.bootstrap import BootstrapResult, DestroyResult
@@ -40,18 +41,20 @@ from core.ds_config import DsConversion
 from core.errors import ConfigError, DistributedError
 from core.models import QueueUrls, RunResources, RunSummary
 from core.preflight import PreflightReport
+from core.records import read_summary
 from flows.bootstrap import bootstrap_account
 from flows.convert import convert_ds_config
 from flows.preflight import preflight
 from tasks._aws import aws_clients
+from tasks.cancel import cancel_request
 from tasks.cleanup import cleanup_run
 from tasks.cost import estimate_run_cost
 from tasks.enqueue import enqueue_jobs
 from tasks.events import announce
 from tasks.fleet import start_fleet
-from tasks.monitor import monitor_run
+from tasks.monitor import finish_progress, monitor_run, start_progress
 from tasks.preflight import preflight_run
-from tasks.report import publish_summary, summarize_run
+from tasks.report import how_to_go_on, publish_summary, summarize_run
 from tasks.rerun import select_failed_jobs
 from tasks.resume import check_resumable
 from tasks.setup import setup_run
@@ -74,6 +77,8 @@ def _run_name() -> str:
 
 
 Action = Literal["run", "preflight", "bootstrap", "destroy-bootstrap", "convert-ds-config"]
+# A Completed state under this name: the runs list shows at a glance which runs have dead jobs.
+DEAD_JOBS_STATE = "Completed with dead jobs"
 
 
 def _clean_up_after_crash(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -84,7 +89,12 @@ def _clean_up_after_crash(flow: Flow[..., Any], flow_run: FlowRun, state: State[
     logger = flow_run_logger(flow_run, flow)
     config = resolve_config(flow_run.parameters["config"])
     run_id = flow_run.parameters.get("resume_run_id") or str(flow_run.id)
-    result = clean_up(aws_clients(config), config, RunResources.for_run(config, run_id), logger)
+    resources = RunResources.for_run(config, run_id)
+    clients = aws_clients(config)
+    if read_summary(clients.client("s3"), resources) is not None:  # saved after the run's own cleanup
+        logger.info("Run %s had cleaned up after itself before it ended %s", run_id, state.name)
+        return
+    result = clean_up(clients, config, resources, logger)
     logger.info("Cleaned up after the run ended %s: left %s", state.name, result.left or "nothing")
 
 
@@ -100,8 +110,13 @@ def distributed(
     rerun_failed_from: str | None = None,
     resume_run_id: str | None = None,
     action: Action = "run",
-) -> RunSummary | PreflightReport | BootstrapResult | DestroyResult | DsConversion:
+) -> RunSummary | PreflightReport | BootstrapResult | DestroyResult | DsConversion | State[Any]:
     """Run one batch (or, by `action`, check or prepare the AWS account for batches).
+
+    A batch's run returns its final state carrying the RunSummary (a caller gets the RunSummary):
+    Completed, 'Completed with dead jobs' (Failed with `fail_on_dead_jobs`), or Cancelled, each with
+    the counts as its message. A config mistake fails the run before anything is created, with the
+    mistake as the state's message.
 
     Args:
         config: A YAML config file path, the name of a saved 'Distributed Config' block, or the
@@ -114,33 +129,38 @@ def distributed(
             the account's roles, instance profile and bucket policy once; 'destroy-bootstrap': remove them;
             'convert-ds-config': write the YAML config of a Distributed-Something config.py beside it.
     """
-    # Run inline (.fn), not as subflows: their artifacts then belong to this flow run, the one the
-    # deployment started and the UI shows.
-    if action == "preflight":
-        return preflight.fn(config)
-    if action in ("bootstrap", "destroy-bootstrap"):
-        return bootstrap_account.fn(config, destroy=action == "destroy-bootstrap")
-    if action == "convert-ds-config":
-        return convert_ds_config.fn(config)
-    validated = validate_run(config)
-    run_config = validated.config
-    if rerun_failed_from and resume_run_id:
-        raise ConfigError("give rerun_failed_from or resume_run_id, not both")
-    if run_config.preflight:
-        preflight_run(run_config)
-    if resume_run_id:
-        check_resumable(run_config, resume_run_id)
-    batch = (
-        select_failed_jobs(run_config, validated.jobs, rerun_failed_from)
-        if rerun_failed_from
-        else Batch(file=validated.jobs)
-    )
+    try:
+        # Run inline (.fn), not as subflows: their artifacts then belong to this flow run, the one the
+        # deployment started and the UI shows.
+        if action == "preflight":
+            return preflight.fn(config)
+        if action in ("bootstrap", "destroy-bootstrap"):
+            return bootstrap_account.fn(config, destroy=action == "destroy-bootstrap")
+        if action == "convert-ds-config":
+            return convert_ds_config.fn(config)
+        validated = validate_run(config)
+        run_config = validated.config
+        if rerun_failed_from and resume_run_id:
+            raise ConfigError("give rerun_failed_from or resume_run_id, not both")
+        if run_config.preflight:
+            preflight_run(run_config)
+        if resume_run_id:
+            check_resumable(run_config, resume_run_id)
+        batch = (
+            select_failed_jobs(run_config, validated.jobs, rerun_failed_from)
+            if rerun_failed_from
+            else Batch(file=validated.jobs)
+        )
+    except ConfigError as exc:
+        return _refused(exc)
     resources = RunResources.for_run(run_config, resume_run_id or str(current_run.id or uuid4()))
     _tag_run(run_config)
     started = time.monotonic()
     urls: QueueUrls | None = None
     estimate: CostEstimate | None = None
     error: str | None = None
+    cancelled: str | None = None  # the cancel request's message, once the run is being cancelled
+    progress_id = None
     try:
         with tags(f"app:{run_config.app_name}"):
             urls = setup_run(run_config, resources)
@@ -150,16 +170,56 @@ def distributed(
             estimate = estimate_run_cost(run_config, batch.count)
             fleet = start_fleet(run_config, resources, urls)
             announce(resources, "fleet-up", fleet=fleet.id, workers=fleet.workers)
-            final = monitor_run(run_config, resources, urls, fleet, batch.count)
-            announce(resources, "batch-complete", finished=final.finished, dead=final.dead)
+            progress_id = start_progress(run_config, batch.count)
+            final = monitor_run(run_config, resources, urls, fleet, batch.count, progress_id)
+            cancelled = cancel_request()
+            if cancelled is None:
+                announce(resources, "batch-complete", finished=final.finished, dead=final.dead)
     except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
+        # Cancelling a deployment's run reaches the flow as TerminationSignal: not a crash.
+        cancelled = cancel_request() if isinstance(exc, TerminationSignal) else None
+        if cancelled is None:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
     finally:
+        if cancelled is not None:
+            error = f"cancelled ({cancelled})" if cancelled else "cancelled"
+            get_run_logger().info("Run %s is being cancelled%s; cleaning up", resources.run_id, _said(cancelled))
         summary = _finish(run_config, resources, batch, started, error, estimate, setup_done=urls is not None)
+    state = _final_state(run_config, resources, summary, cancelled)
+    if progress_id is not None and summary is not None:
+        finish_progress(progress_id, state.name or "", summary)
+    return state
+
+
+def _refused(exc: ConfigError) -> State[Any]:
+    """A config mistake, found before anything was created: one line in the log and the state's
+    message, no traceback. A caller of the flow still gets the ConfigError raised."""
+    get_run_logger().error("Nothing was created: %s", exc)
+    return Failed(message=str(exc), data=exc)
+
+
+def _said(request: str) -> str:
+    return f" (the request said: {request})" if request else ""
+
+
+def _final_state(
+    config: RunConfig, resources: RunResources, summary: RunSummary | None, cancelled: str | None
+) -> State[RunSummary | None]:
+    """The run's final state, carrying the RunSummary: its name and message are what the runs list
+    and the run's page show, so they say how the run went (dead jobs, cancelled, how to go on)."""
+    if cancelled is not None:
+        if summary is None:
+            return Cancelled(message=f"Cancelled before its queues existed; nothing was created{_said(cancelled)}")
+        return Cancelled(message=f"Cancelled: {summary.headline}. {how_to_go_on(summary)}", data=summary)
     if summary is None:
         raise DistributedError(f"Run {resources.run_id} finished but its summary could not be built; see the log")
-    return summary
+    if not summary.failed:
+        return Completed(message=summary.headline, data=summary)
+    message = f"{summary.headline}: see the dead-jobs artifact. {how_to_go_on(summary)}"
+    if config.fail_on_dead_jobs:
+        return Failed(message=f"{message} (fail_on_dead_jobs)", data=summary)
+    return Completed(name=DEAD_JOBS_STATE, message=message, data=summary)
 
 
 def _tag_run(config: RunConfig) -> None:

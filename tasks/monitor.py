@@ -10,16 +10,18 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 
 from core.aws import sqs
 from core.config import RunConfig
 from core.cost import budget_exceeded
 from core.errors import BudgetExceededError
 from core.fleets import FleetBackend, fleet_backend
-from core.models import FleetHandle, QueueUrls, RunResources, RunSnapshot
+from core.models import FleetHandle, QueueUrls, RunResources, RunSnapshot, RunSummary
 from core.monitor import wait_for_completion
 from core.records import read_outcomes
 from tasks._aws import AWS_RETRIES, aws_clients
+from tasks.cancel import cancel_request
 
 HEARTBEAT_S = 30.0
 # While nothing waits, how often scale-in runs again with unchanged counts (idle machines freed since).
@@ -28,25 +30,36 @@ SCALE_IN_REPEAT_S = 300.0
 BUDGET_CHECK_S = 120.0
 
 
+def start_progress(config: RunConfig, total: int) -> UUID:
+    """The run's progress artifact, made by the flow so that one monitor retry does not add another."""
+    return create_progress_artifact(0.0, description=f"0 of {total} jobs finished ({config.app_name})")
+
+
+def finish_progress(artifact_id: UUID, state_name: str, summary: RunSummary) -> None:
+    """The progress artifact's last word: the run's final state and its counts."""
+    done = summary.total - len(summary.unfinished)
+    update_progress_artifact(
+        artifact_id, 100.0 * done / max(summary.total, 1), description=f"{state_name}: {summary.headline}"
+    )
+
+
 @task(name="monitor", cache_policy=NO_CACHE, **AWS_RETRIES)
 def monitor_run(
-    config: RunConfig, resources: RunResources, urls: QueueUrls, fleet: FleetHandle, total: int
+    config: RunConfig, resources: RunResources, urls: QueueUrls, fleet: FleetHandle, total: int, progress_id: UUID
 ) -> RunSnapshot:
-    """Poll until every job is accounted for, keeping a progress artifact current.
+    """Poll until every job is accounted for, keeping the progress artifact `progress_id` current.
 
     A reading costs two SQS calls and a fleet check, whatever the number of jobs. Logs when the
     counts change, and every 30 s otherwise; the progress artifact carries the same line (jobs,
     workers, and on spot-fleet the machines running against the fleet's target).
+    When the run is cancelled, returns the last reading (the flow cleans up and ends Cancelled)
+    instead of crashing.
     """
     logger = get_run_logger()
     clients = aws_clients(config)
     sqs_client, s3_client = clients.client("sqs"), clients.client("s3")
     backend = fleet_backend(clients, config)
-    progress = _Progress(
-        logger=logger,
-        total=total,
-        artifact_id=create_progress_artifact(0.0, description=f"Jobs finished of {total} ({config.app_name})"),
-    )
+    progress = _Progress(logger=logger, total=total, artifact_id=progress_id)
 
     def read_snapshot() -> RunSnapshot:
         queue = sqs.queue_counts(sqs_client, urls.queue_url)
@@ -82,15 +95,20 @@ def monitor_run(
             busy_at_last_scale_in, last_scale_in = snapshot.in_flight, now
             backend.scale_in(fleet, snapshot.in_flight)
 
-    final = wait_for_completion(
-        read_snapshot,
-        count_accounted,
-        settings=config.monitor,
-        clock=time.monotonic,
-        sleep=time.sleep,
-        on_snapshot=on_snapshot,
-    )
-    return final
+    try:
+        return wait_for_completion(
+            read_snapshot,
+            count_accounted,
+            settings=config.monitor,
+            clock=time.monotonic,
+            sleep=time.sleep,
+            on_snapshot=on_snapshot,
+        )
+    except TerminationSignal:
+        if cancel_request() is None:
+            raise
+        logger.info("The run is being cancelled: the monitor stops; cleanup follows")
+        return progress.snapshot or read_snapshot()
 
 
 class _FleetGuard:
@@ -135,8 +153,10 @@ class _Progress:
     artifact_id: UUID
     line: str = ""
     logged_at: float = field(default=0.0)
+    snapshot: RunSnapshot | None = None
 
     def __call__(self, snapshot: RunSnapshot) -> None:
+        self.snapshot = snapshot
         line = (
             f"{snapshot.finished}/{self.total} finished ({snapshot.dead} dead) | "
             f"{snapshot.visible} waiting, {snapshot.in_flight} running, {snapshot.delayed} delayed | "

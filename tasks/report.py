@@ -17,8 +17,10 @@ from core.cost import CostEstimate
 from core.fleets import fleet_backend
 from core.manifest import Manifest
 from core.models import CleanupResult, RunResources, RunSummary
-from core.records import build_summary, dead_jobs, read_outcomes, save_summary
+from core.errors import DistributedError
+from core.records import build_summary, dead_jobs, read_outcomes, read_summary, save_summary
 from tasks._aws import AWS_RETRIES, aws_clients
+from tasks.validate import ConfigParameter, resolve_config
 
 
 @task(name="summarize", cache_policy=NO_CACHE, **AWS_RETRIES)
@@ -42,7 +44,7 @@ def summarize_run(
             manifest=manifest,
         )
         uri = manifest.upload(s3_client, resources.records_bucket, f"{resources.records_prefix}/manifest.csv")
-        _jobs_table(summary, manifest.preview, uri)
+        _jobs_table(summary, manifest, uri)
     return summary.model_copy(update={"manifest_uri": uri})
 
 
@@ -51,7 +53,7 @@ def summarize_run(
 MAX_TABLE_ROWS = 1000
 
 
-def _jobs_table(summary: RunSummary, finished: list[dict[str, Any]], uri: str) -> None:
+def _jobs_table(summary: RunSummary, manifest: Manifest, uri: str) -> None:
     rows: list[dict[str, Any]] = [
         {
             "job_id": d.job_id,
@@ -62,22 +64,12 @@ def _jobs_table(summary: RunSummary, finished: list[dict[str, Any]], uri: str) -
         }
         for d in summary.failed
     ]
-    rows += [
-        {
-            "job_id": job_id,
-            "state": "unfinished",
-            "attempts": "",
-            "reason": "no outcome when the run ended",
-            "fields": "",
-        }
-        for job_id in summary.unfinished
-    ]
-    rows = (rows + finished)[:MAX_TABLE_ROWS]
+    rows = (rows + manifest.unfinished + manifest.preview)[:MAX_TABLE_ROWS]
     create_table_artifact(
         rows,
         key="jobs",
-        description=f"{len(rows)} of the {summary.total} jobs of run {summary.run_id}, dead and unfinished first; "
-        f"every job with its state: {uri}",
+        description=f"{summary.headline}. Run {summary.run_id}: {len(rows)} of its {summary.total} jobs, "
+        f"dead and unfinished first; every job with its state: {uri}",
     )
 
 
@@ -126,10 +118,8 @@ def _markdown(summary: RunSummary, config: RunConfig, resources: RunResources, o
         f"Duration: {summary.duration_s:.1f} s. Records and summary: `{summary.records_uri}`; "
         f"every job's state: `{summary.manifest_uri}`",
         "",
-        f"Left in AWS: {', '.join(summary.resources_left) or 'nothing'}.",
+        f"Left in AWS: {summary.left_in_aws}.",
     ]
-    if summary.resources_kept:
-        lines.append(f"Kept on purpose: {', '.join(summary.resources_kept)}.")
     if summary.skipped:
         lines += ["", _skipped_note(summary)]
     if summary.cost_estimate is not None:
@@ -138,6 +128,8 @@ def _markdown(summary: RunSummary, config: RunConfig, resources: RunResources, o
         lines += ["", summary.cost.text]
     if summary.error:
         lines += ["", f"**The run stopped early:** {summary.error}"]
+    if summary.error or summary.unfinished or summary.failed:
+        lines += ["", how_to_go_on(summary)]
     shown = summary.model_copy(update={"failed": summary.failed[:MAX_DEAD_JOBS_SHOWN]})
     more = len(summary.failed) - len(shown.failed)
     lines += [
@@ -151,8 +143,41 @@ def _markdown(summary: RunSummary, config: RunConfig, resources: RunResources, o
 
 
 def _skipped_note(summary: RunSummary) -> str:
-    every = "Every job" if summary.skipped == summary.total else f"{summary.skipped} of the {summary.total} jobs"
-    return f"{every} already had its outputs in place (check-if-done): skipped, its program not run."
+    if summary.skipped == summary.total:
+        return "Every job already had its outputs in place (check-if-done): skipped, its program not run."
+    return (
+        f"{summary.skipped} of the {summary.total} jobs already had their outputs in place (check-if-done): "
+        "skipped, their program not run."
+    )
+
+
+def how_to_go_on(summary: RunSummary) -> str:
+    """The two ways to finish a batch that stopped early or has dead jobs, with this run's id."""
+    undone = len(summary.failed) + len(summary.unfinished)
+    resume = (
+        f"`-p resume_run_id={summary.run_id}` finishes this run: only its jobs without an outcome run, "
+        "nothing is sent twice; "
+        if summary.unfinished
+        else ""
+    )
+    return (
+        f"To go on: {resume}`-p rerun_failed_from={summary.run_id}` runs its {undone} dead and unfinished "
+        "jobs as a new run, once their cause is fixed."
+    )
+
+
+def read_run_summary(config: ConfigParameter, run_id: str) -> RunSummary:
+    """The RunSummary a finished run saved next to its records, for a caller that started the run
+    through its deployment (`run_deployment`) and so has no return value."""
+    run_config = resolve_config(config)
+    resources = RunResources.for_run(run_config, run_id)
+    summary = read_summary(aws_clients(run_config).client("s3"), resources)
+    if summary is None:
+        raise DistributedError(
+            f"run {run_id} saved no summary in s3://{resources.records_bucket}/{resources.records_prefix}/: "
+            "it ended before it set up its queues, or it is not a run of this config"
+        )
+    return summary
 
 
 @task(name="publish summary", cache_policy=NO_CACHE, **AWS_RETRIES)
@@ -178,7 +203,7 @@ def publish_summary(
     )
     save_summary(clients.client("s3"), resources, summary)
     markdown = _markdown(summary, config, resources, on_aws=clients.endpoint_url is None)
-    create_markdown_artifact(markdown, key="run-summary", description=f"Summary of run {summary.run_id}")
+    create_markdown_artifact(markdown, key="run-summary", description=f"{summary.headline}. Run {summary.run_id}")
     if summary.failed:
         create_table_artifact(
             [
@@ -186,18 +211,10 @@ def publish_summary(
                 for job in summary.failed
             ],
             key="dead-jobs",
-            description=f"Jobs of run {summary.run_id} that ended in the dead-letter queue",
+            description=f"{len(summary.failed)} dead of {summary.total} jobs: the jobs of run {summary.run_id} "
+            "that ended in the dead-letter queue",
         )
-    logger.info(
-        "Run %s: %d jobs, %d succeeded, %d skipped, %d failed, %d unfinished; left in AWS: %s",
-        summary.run_id,
-        summary.total,
-        summary.succeeded,
-        summary.skipped,
-        len(summary.failed),
-        len(summary.unfinished),
-        summary.resources_left or "nothing",
-    )
+    logger.info("Run %s: %s; left in AWS: %s", summary.run_id, summary.headline, summary.left_in_aws)
     if summary.skipped:
         logger.info(_skipped_note(summary))
     if summary.cost is not None:

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict
 
 from blocks.config import DistributedConfig
@@ -54,8 +53,9 @@ def resolve_config(value: ConfigParameter) -> RunConfig:
     return block.to_run_config()
 
 
-@task(name="validate", cache_policy=NO_CACHE)
 def validate_run(config: ConfigParameter) -> ValidatedRun:
+    """Read the config and check the whole job file, in the flow itself rather than as a task: a
+    mistake here is one line in the log and the run's state message, not a task's traceback."""
     logger = get_run_logger()
     run_config = resolve_config(config)
     jobs = check_jobs(run_config.job_file, run_config.command, run_config.job_settings)

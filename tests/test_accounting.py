@@ -122,3 +122,16 @@ def test_the_summary_accounts_for_every_job_exactly_once(s3) -> None:
     ]
     assert rows[3]["reason"] == REDRIVEN and rows[3]["attempts"] == "3"
     assert json.loads(rows[4]["fields"]) == {"id": "e"}
+    assert [(row["job_id"], row["fields"], row["reason"]) for row in manifest.unfinished] == [
+        ("e", '{"id": "e"}', "no outcome when the run ended")
+    ]
+    assert summary.headline == "2 of 5 succeeded, 1 skipped (already done), 1 dead, 1 unfinished"
+
+
+def test_what_is_left_in_aws_tells_kept_on_purpose_from_not_deleted(s3) -> None:
+    summary = build_summary(resources=RESOURCES, jobs=(), outcomes=Outcomes(), dead=[], duration_s=1.0, error=None)
+    kept = "queue q-dead (holds 1 dead job(s))"
+    assert summary.left_in_aws == "nothing"
+    assert summary.model_copy(update={"resources_kept": [kept]}).left_in_aws == f"only what was kept on purpose: {kept}"
+    both = summary.model_copy(update={"resources_kept": [kept], "resources_left": ["queue q (AccessDenied)"]})
+    assert both.left_in_aws == f"queue q (AccessDenied) (cleanup could not delete it); kept on purpose: {kept}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -88,6 +89,21 @@ def queues_left() -> list[str]:
     return boto3.client("sqs").list_queues().get("QueueUrls", [])
 
 
+def run_logs(flow_run_id: object, last: str) -> list:
+    """The run's logs from the Prefect API, once the line containing `last` has arrived (they are sent
+    in batches)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            if any(last in log.message for log in logs) or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.5)
+
+
 def run_flow(config: str | dict) -> RunSummary:
     from flows.distributed import distributed
 
@@ -123,24 +139,68 @@ def test_a_batch_runs_to_completion_and_leaves_nothing_behind(aws: str, tmp_path
     assert RunSummary.model_validate(saved) == summary
 
 
-def test_the_summary_and_dead_jobs_are_artifacts_of_the_run(aws: str, tmp_path: Path) -> None:
+def test_a_run_with_dead_jobs_says_so_in_its_state_and_at_the_head_of_every_artifact(aws: str, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+    from flows.distributed import distributed
+
     upload_inputs()
-    summary = run_flow(str(write_batch(tmp_path)))
+    state = distributed(config=str(write_batch(tmp_path)), return_state=True)
+    summary = state.result()
     with get_client(sync_client=True) as client:
+        saved_state = client.read_flow_run(summary.run_id).state
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[summary.run_id]))
         )
+    # The runs list shows the state's name; the run's page, its message.
+    assert saved_state.is_completed() and saved_state.name == "Completed with dead jobs"
+    assert saved_state.message.startswith("5 of 6 succeeded, 1 dead: see the dead-jobs artifact.")
+    assert f"rerun_failed_from={summary.run_id}" in saved_state.message
     by_key = {artifact.key: artifact for artifact in artifacts if artifact.key}
     assert "| succeeded | 5 |" in by_key["run-summary"].data
+    assert by_key["run-summary"].description.startswith("5 of 6 succeeded, 1 dead. Run ")
+    assert by_key["dead-jobs"].description.startswith("1 dead of 6 jobs")
+    assert by_key["jobs"].description.startswith("5 of 6 succeeded, 1 dead. Run ")
     (row,) = (
         json.loads(by_key["dead-jobs"].data) if isinstance(by_key["dead-jobs"].data, str) else by_key["dead-jobs"].data
     )
     assert row["job_id"] == summary.failed[0].job_id
-    progress = [a for a in artifacts if a.type == "progress"]
-    assert progress and progress[0].data == pytest.approx(100.0)
+    (progress,) = [a for a in artifacts if a.type == "progress"]
+    assert progress.data == pytest.approx(100.0)
+    assert progress.description == "Completed with dead jobs: 5 of 6 succeeded, 1 dead"
+
+
+def test_fail_on_dead_jobs_ends_such_a_run_failed_after_its_cleanup(aws: str, tmp_path: Path) -> None:
+    from flows.distributed import distributed
+
+    upload_inputs()
+    state = distributed(config=str(write_batch(tmp_path, fail_on_dead_jobs=True)), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("5 of 6 succeeded, 1 dead") and state.message.endswith("(fail_on_dead_jobs)")
+    (kept_queue,) = queues_left()  # cleaned up as any run: only the dead job's queue is kept
+    assert kept_queue.endswith("-dead")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("missing.yaml", "config file {tmp_path}/missing.yaml does not exist"),
+        (123, "config was read as the int 123"),
+    ],
+)
+def test_a_config_mistake_is_one_line_in_the_log_and_the_states_message(
+    aws: str, tmp_path: Path, config: object, message: str
+) -> None:
+    from flows.distributed import distributed
+
+    state = distributed(config=str(tmp_path / config) if isinstance(config, str) else config, return_state=True)
+    logs = run_logs(state.state_details.flow_run_id, last="Finished in state")
+    assert state.is_failed() and state.message.startswith(message.format(tmp_path=tmp_path))
+    errors = [log.message for log in logs if log.level >= 40]
+    assert errors == [f"Nothing was created: {state.message}"]
+    assert not [log.message for log in logs if "Traceback" in log.message]
+    assert queues_left() == []
 
 
 def test_a_second_run_skips_every_job_already_done(aws: str, tmp_path: Path) -> None:
