@@ -92,6 +92,11 @@ class WorkerSettings:
     resource_log_s: float = 30.0
     spot_watch: bool = False
     imds_endpoint: str = DEFAULT_IMDS_ENDPOINT
+    # DCP's DOWNLOAD_FILES (worker/inputs.py).
+    download_files: bool = False
+    download_list_field: str = "data_file"
+    bucket_root: str = "/home/ubuntu/bucket"
+    download_threads: int = 8
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -151,6 +156,13 @@ def _log_group(env: Mapping[str, str]) -> str | None:
     return name or None
 
 
+def _bucket_root(env: Mapping[str, str]) -> str:
+    root = env.get("DISTRIBUTED_BUCKET_ROOT", "").strip() or "/home/ubuntu/bucket"
+    if not root.startswith("/") or root == "/":
+        raise ConfigError(f"DISTRIBUTED_BUCKET_ROOT must be an absolute path such as /home/ubuntu/bucket, got {root!r}")
+    return root.rstrip("/")
+
+
 def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
     """A scheme and a host (and port), nothing else: the worker appends the paths itself."""
     value = env.get(name, "").strip() or default
@@ -206,6 +218,10 @@ def settings_from_env(env: Mapping[str, str]) -> WorkerSettings:
         resource_log_s=_number(env, "DISTRIBUTED_RESOURCE_LOG_S", 30.0, low=0.0),
         spot_watch=_boolean(env, "DISTRIBUTED_SPOT_WATCH", False),
         imds_endpoint=_http_url(env, "DISTRIBUTED_IMDS_ENDPOINT", DEFAULT_IMDS_ENDPOINT),
+        download_files=_boolean(env, "DISTRIBUTED_DOWNLOAD_FILES", False),
+        download_list_field=env.get("DISTRIBUTED_DOWNLOAD_LIST_FIELD", "").strip() or "data_file",
+        bucket_root=_bucket_root(env),
+        download_threads=_number(env, "DISTRIBUTED_DOWNLOAD_THREADS", 8, 1, 64),
     )
 
 
