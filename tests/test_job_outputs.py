@@ -33,7 +33,7 @@ def test_an_output_with_placeholders_or_given_per_group_is_used_as_it_is(tmp_pat
 
 
 def test_a_group_without_simple_values_of_its_own_gets_its_job_id_as_folder(tmp_path: Path) -> None:
-    jobs = jobs_in(tmp_path, {"output": "r", "groups": [{"wells": ["A01", "A02"]}, {"wells": ["B01"]}]})
+    jobs = jobs_in(tmp_path, {"output": "r", "groups": [{"wells": ["A01", "A02"]}, {"wells": ["B01"]}, {"w": ""}]})
     assert [job.output for job in jobs] == [f"r/{job.job_id}" for job in jobs]
 
 
