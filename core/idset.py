@@ -31,6 +31,10 @@ class JobIdSet:
                 return False
             self._others.add(job_id)
             return True
+        return self.add_int(value)
+
+    def add_int(self, value: int) -> bool:
+        """Remember a 64-bit unsigned value itself (a hash); False when it was already there."""
         if value == 0:
             seen, self._zero_seen = self._zero_seen, True
             return not seen
@@ -47,6 +51,10 @@ class JobIdSet:
         value = _as_int(job_id)
         if value is None:
             return job_id in self._others
+        return self.has_int(value)
+
+    def has_int(self, value: int) -> bool:
+        """Is this 64-bit unsigned value (see `add_int`) remembered?"""
         if value == 0:
             return self._zero_seen
         mask = len(self._slots) - 1

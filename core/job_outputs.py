@@ -17,7 +17,6 @@ would skip jobs that never ran. So:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -99,16 +98,21 @@ def own_folder(
     return job_id
 
 
-def _prefix_hash(prefix: str) -> str:
-    """64 bits of the prefix, as the 16 hex digits a JobIdSet holds compactly."""
-    return hashlib.blake2b(prefix.encode(), digest_size=8).hexdigest()
+_UNSIGNED_64 = (1 << 64) - 1
+
+
+def _prefix_hash(prefix: str) -> int:
+    """64 bits of the prefix. Python's string hash is the fastest there is, and though it differs
+    from process to process, a check's passes all run in one process."""
+    return hash(prefix) & _UNSIGNED_64
 
 
 def _parents(prefix: str) -> Iterator[str]:
     """`a/b/c` -> `a`, `a/b`: what a check-if-done listing of each would also see."""
-    parts = prefix.split("/")
-    for end in range(1, len(parts)):
-        yield "/".join(parts[:end])
+    end = prefix.find("/")
+    while end > 0:
+        yield prefix[:end]
+        end = prefix.find("/", end + 1)
 
 
 def overlap(first: str, second: str) -> bool:
@@ -120,20 +124,28 @@ class PrefixCheck:
     """Remembers the output prefixes seen so far, in 8 bytes each, and spots one that overlaps.
 
     Holding a million prefix strings would cost hundreds of MB; this holds 64-bit hashes of each
-    prefix and of its parent folders (few: most jobs share them). A hash hit is only a suspect:
+    prefix and of each of its parent folders (in JobIdSets, 16 to 32 bytes each). A hash hit is only a suspect:
     the caller confirms it by reading the file again (`overlap`), as the duplicate-id check does.
     """
 
     def __init__(self) -> None:
         self._prefixes = JobIdSet()
         self._parents = JobIdSet()
+        # The previous prefix's parents: jobs in a row mostly share them, and one already checked
+        # and remembered for the previous job needs neither again (only that job's own prefix was
+        # added since, and it is no parent of itself).
+        self._last_parents: list[str] = []
 
     def add(self, prefix: str) -> bool:
         """Remember the prefix; False when it may overlap one seen before."""
         digest = _prefix_hash(prefix)
-        parents = [_prefix_hash(parent) for parent in _parents(prefix)]
-        clash = digest in self._prefixes or digest in self._parents or any(p in self._prefixes for p in parents)
-        self._prefixes.add(digest)
-        for parent in parents:
-            self._parents.add(parent)
+        clash = not self._prefixes.add_int(digest) or self._parents.has_int(digest)
+        parents = list(_parents(prefix))
+        for depth, parent in enumerate(parents):
+            if depth < len(self._last_parents) and self._last_parents[depth] == parent:
+                continue
+            digest = _prefix_hash(parent)
+            clash = self._prefixes.has_int(digest) or clash
+            self._parents.add_int(digest)
+        self._last_parents = parents
         return not clash

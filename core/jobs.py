@@ -278,7 +278,8 @@ class _JobBuilder:
         if metadata is not None or ("output" not in own and not _placeholders(template)):
             # One folder for every job: each gets a sub-folder of its own (core/job_outputs.py).
             group_keys = [key for key in own if key not in RESERVED_KEYS]
-            output = f"{filled}/{own_folder(fields, group_keys, metadata, job_id, where).strip('/')}"
+            folder = own_folder(fields, group_keys, metadata, job_id, where).strip("/") or job_id
+            output = f"{filled}/{folder}"
         return Job(job_id=job_id, index=index, fields=fields, inputs=inputs, output=output)
 
 

@@ -39,6 +39,10 @@ def worker_environment(config: RunConfig, resources: RunResources, urls: QueueUr
         "DISTRIBUTED_STAGGER_S": str(config.container.stagger_s),
         "DISTRIBUTED_LOG_GROUP": resources.log_group if config.container.job_log_streams else "",
         "DISTRIBUTED_RESOURCE_LOG_S": str(config.container.resource_log_interval_s),
+        "DISTRIBUTED_DOWNLOAD_FILES": "true" if config.download_files.enabled else "false",
+        "DISTRIBUTED_DOWNLOAD_LIST_FIELD": config.download_files.list_field,
+        "DISTRIBUTED_BUCKET_ROOT": config.download_files.bucket_root,
+        "DISTRIBUTED_DOWNLOAD_THREADS": str(config.download_files.threads),
         "AWS_REGION": config.region,
         "AWS_DEFAULT_REGION": config.region,
     }

@@ -33,7 +33,7 @@ def test_an_output_with_placeholders_or_given_per_group_is_used_as_it_is(tmp_pat
 
 
 def test_a_group_without_simple_values_of_its_own_gets_its_job_id_as_folder(tmp_path: Path) -> None:
-    jobs = jobs_in(tmp_path, {"output": "r", "groups": [{"wells": ["A01", "A02"]}, {"wells": ["B01"]}]})
+    jobs = jobs_in(tmp_path, {"output": "r", "groups": [{"wells": ["A01", "A02"]}, {"wells": ["B01"]}, {"w": ""}]})
     assert [job.output for job in jobs] == [f"r/{job.job_id}" for job in jobs]
 
 
@@ -70,6 +70,24 @@ def test_a_job_writing_inside_another_jobs_prefix_is_refused(tmp_path: Path) -> 
     assert [job.output for job in next_door] == ["r/P1", "r/P10"]
 
 
+@pytest.mark.parametrize(
+    ("outputs", "named"),
+    [
+        (["r/P", "r/P/A"], "groups[1] would write its outputs under 'r/P/A/', inside the prefix of groups[0]"),
+        (["r/P/A", "r/Q/A", "r/P"], "groups[0] would write its outputs under 'r/P/A/', inside the prefix of groups[2]"),
+        (["r/A/1", "r/A/2", "r/A"], "groups[0] would write its outputs under 'r/A/1/', inside the prefix of groups[2]"),
+        (["a/b", "a/c", "a/b"], "groups[0] and groups[2] would both write their outputs under 'a/b/'"),
+    ],
+)
+def test_nested_or_equal_prefixes_are_found_whatever_their_order(
+    tmp_path: Path, outputs: list[str], named: str
+) -> None:
+    groups = [{"n": n, "output": output} for n, output in enumerate(outputs)]
+    with pytest.raises(ConfigError) as caught:
+        jobs_in(tmp_path, {"groups": groups})
+    assert named in str(caught.value)
+
+
 def test_a_clash_far_down_a_large_file_names_both_groups(tmp_path: Path) -> None:
     groups: list[dict[str, object]] = [{"w": n, "output": f"r/{n}"} for n in range(5_000)]
     groups.append({"w": "again", "output": "r/4321"})
@@ -81,7 +99,7 @@ def test_a_hash_that_only_looks_like_a_clash_is_confirmed_by_reading_the_file_ag
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A 64-bit collision of two real prefixes cannot be made to order; every prefix hashing alike stands in for one.
-    monkeypatch.setattr(core.job_outputs, "_prefix_hash", lambda prefix: "00000000000000ff")
+    monkeypatch.setattr(core.job_outputs, "_prefix_hash", lambda prefix: 255)
     jobs = jobs_in(tmp_path, {"output": "r/{w}", "groups": [{"w": n} for n in range(20)]})
     assert len({job.output for job in jobs}) == 20
 

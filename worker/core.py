@@ -99,6 +99,11 @@ class WorkerSettings:
     # Names this worker in records and log lines; None: the host's name (a container's own, unless
     # it shares the host's network, where the docker fleet names each container instead).
     worker_name: str | None = None
+    # DCP's DOWNLOAD_FILES (worker/inputs.py).
+    download_files: bool = False
+    download_list_field: str = "data_file"
+    bucket_root: str = "/home/ubuntu/bucket"
+    download_threads: int = 8
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -158,6 +163,13 @@ def _log_group(env: Mapping[str, str]) -> str | None:
     return name or None
 
 
+def _bucket_root(env: Mapping[str, str]) -> str:
+    root = env.get("DISTRIBUTED_BUCKET_ROOT", "").strip() or "/home/ubuntu/bucket"
+    if not root.startswith("/") or root == "/":
+        raise ConfigError(f"DISTRIBUTED_BUCKET_ROOT must be an absolute path such as /home/ubuntu/bucket, got {root!r}")
+    return root.rstrip("/")
+
+
 def _http_url(env: Mapping[str, str], name: str, default: str) -> str:
     """A scheme and a host (and port), nothing else: the worker appends the paths itself."""
     value = env.get(name, "").strip() or default
@@ -215,6 +227,10 @@ def settings_from_env(env: Mapping[str, str]) -> WorkerSettings:
         spot_watch=_boolean(env, "DISTRIBUTED_SPOT_WATCH", False),
         imds_endpoint=_http_url(env, "DISTRIBUTED_IMDS_ENDPOINT", DEFAULT_IMDS_ENDPOINT),
         worker_name=env.get("DISTRIBUTED_WORKER_NAME", "").strip() or None,
+        download_files=_boolean(env, "DISTRIBUTED_DOWNLOAD_FILES", False),
+        download_list_field=env.get("DISTRIBUTED_DOWNLOAD_LIST_FIELD", "").strip() or "data_file",
+        bucket_root=_bucket_root(env),
+        download_threads=_number(env, "DISTRIBUTED_DOWNLOAD_THREADS", 8, 1, 64),
     )
 
 

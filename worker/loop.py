@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from boto3.exceptions import S3UploadFailedError
@@ -44,6 +44,7 @@ from worker.core import (
     render_command,
     retries_spent,
 )
+from worker.inputs import DownloadFailed, fetch_inputs
 from worker.joblog import JobLogRouter
 from worker.program import Heartbeat, run_program
 from worker.protection import TaskProtection
@@ -51,7 +52,6 @@ from worker.protection import TaskProtection
 logger = logging.getLogger("worker")
 
 QUEUE_GONE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
-MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 QUEUE_COUNT_ATTRIBUTES = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
@@ -306,19 +306,11 @@ class WorkerLoop:
                 yield item["Key"], item["Size"]
 
     def _download_inputs(self, job: JobMessage, input_dir: Path, log: logging.LoggerAdapter[Any]) -> None:
-        bucket = self.settings.input_bucket
-        for key in job.inputs:
-            destination = input_dir.joinpath(*PurePosixPath(key).parts)
-            try:
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                self.s3.download_file(bucket, key, str(destination))
-            except ClientError as exc:
-                if error_code(exc) in MISSING_OBJECT_CODES:
-                    raise PermanentFailure(f"input s3://{bucket}/{key} does not exist") from None
-                raise TransientFailure(f"could not download s3://{bucket}/{key}: {error_code(exc)}") from None
-            except (BotoCoreError, OSError) as exc:
-                raise TransientFailure(f"could not download s3://{bucket}/{key}: {exc}") from None
-        log.info("downloaded %d input(s)", len(job.inputs))
+        try:
+            count = fetch_inputs(self.s3, self.settings, job, input_dir)
+        except DownloadFailed as exc:
+            raise TransientFailure(exc.reason) from None
+        log.info("downloaded %d input(s)", count)
 
     def _upload_outputs(
         self, job: JobMessage, output_dir: Path, output_tail: Sequence[str], log: logging.LoggerAdapter[Any]
