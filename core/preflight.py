@@ -188,7 +188,10 @@ class _Fleet:
         self.settings = settings
         self.fleet_file = fleet_file
         specs = fleet_file.get("LaunchSpecifications")
-        self.spec: dict[str, Any] = specs[0] if isinstance(specs, list) and specs and isinstance(specs[0], dict) else {}
+        self.specs: list[dict[str, Any]] = (
+            [spec for spec in specs if isinstance(spec, dict)] if isinstance(specs, list) else []
+        )
+        self.spec: dict[str, Any] = self.specs[0] if self.specs else {}
         self.interface: dict[str, Any] = (self.spec.get("NetworkInterfaces") or [{}])[0]
         self.ec2 = clients.client("ec2")
         self.iam = clients.client("iam")
@@ -323,12 +326,19 @@ class _Fleet:
     # --- network -----------------------------------------------------------------------------
 
     def network(self) -> list[CheckRow]:
-        subnet_ids = [
-            part.strip()
-            for part in str(self.spec.get("SubnetId") or self.interface.get("SubnetId") or "").split(",")
-            if part.strip()
-        ]
+        """Every subnet of every launch specification, and the security groups: against the subnet's VPC
+        when it is found, and for existence in the region when none is. Placeholders and malformed ids
+        are left to the fleet-file rows, so a placeholder is not blamed on the region."""
+        subnet_ids = list(
+            dict.fromkeys(
+                subnet
+                for spec in self.specs
+                for subnet in ec2_api.spec_subnets(spec)
+                if spot_fleet.SUBNET_ID.match(subnet)
+            )
+        )
         rows: list[CheckRow] = []
+        found_any = False
         for subnet_id in subnet_ids:
             found = network.subnet(self.ec2, subnet_id)
             if found is None:
@@ -342,26 +352,39 @@ class _Fleet:
                     )
                 )
                 continue
+            found_any = True
             rows.append(_ok("subnet", f"subnet {subnet_id} in {found['VpcId']}, {found['AvailabilityZone']}"))
             rows += self._security_groups(found)
             rows.append(self._reach(found))
-        return rows
+        if not found_any:
+            rows += self._security_groups(None)
+        return list(dict.fromkeys(rows))
 
-    def _security_groups(self, found_subnet: dict[str, Any]) -> list[CheckRow]:
+    def _security_groups(self, found_subnet: dict[str, Any] | None) -> list[CheckRow]:
         group_ids = [group["GroupId"] for group in self.spec.get("SecurityGroups", [])] or list(
             self.interface.get("Groups", [])
         )
-        vpc = found_subnet["VpcId"]
+        vpc = found_subnet["VpcId"] if found_subnet else None
+        filters = f" --filters Name=vpc-id,Values={vpc}" if vpc else ""
+        look_up = f"aws ec2 describe-security-groups{filters} --region {self.region}"
+        where = vpc or "the subnet's VPC"
         rows = []
-        for group_id in group_ids:
+        for group_id in filter(spot_fleet.GROUP_ID.match, group_ids):
             group = network.security_group(self.ec2, group_id)
             if group is None:
                 rows.append(
                     _problem(
                         "security group",
                         f"security group {group_id} does not exist in {self.region}",
-                        f"use a security group of {vpc} (aws ec2 describe-security-groups --filters "
-                        f"Name=vpc-id,Values={vpc} --region {self.region})",
+                        f"use a security group of {where} ({look_up})",
+                    )
+                )
+            elif vpc is None:
+                rows.append(
+                    _ok(
+                        "security group",
+                        f"security group {group_id} exists in {self.region}, in {group['VpcId']} (no subnet was "
+                        "found to check it against)",
                     )
                 )
             elif group["VpcId"] != vpc:
@@ -420,8 +443,8 @@ class _Fleet:
 
     def key_pair(self) -> list[CheckRow]:
         name = self.spec.get("KeyName")
-        if not name:
-            return []
+        if not name or spot_fleet.KEY_PLACEHOLDER.match(str(name)):
+            return []  # a placeholder: fleet_file_problems reports it
         if network.key_pair_exists(self.ec2, name):
             return [_ok("key pair", f"key pair {name} exists in {self.region}")]
         return [

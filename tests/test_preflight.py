@@ -154,8 +154,8 @@ def test_a_bootstrapped_correct_account_has_no_problem(account: AwsClients, tmp_
 
 def break_account(account: AwsClients, tmp_path: Path) -> tuple[Path, str]:
     """The mistakes of a first try by hand: an instance role with no instance profile, given by its
-    role ARN; a subnet of another region; the image bucket missing; no bootstrap. Returns the fleet
-    file and its subnet."""
+    role ARN; a subnet and security group of another region; the image bucket missing; no bootstrap.
+    Returns the fleet file and its subnet."""
     iam = account.client("iam")
     iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument=json.dumps(trust_policy("ec2.amazonaws.com")))
     boto3.client("s3", region_name="us-east-1").delete_bucket(Bucket=IMAGES)
@@ -172,15 +172,24 @@ def break_account(account: AwsClients, tmp_path: Path) -> tuple[Path, str]:
 
 def test_a_broken_account_gets_every_problem_with_its_fix_in_one_report(account: AwsClients, tmp_path: Path) -> None:
     """The instance role was made by hand, without an instance profile, and its role ARN given
-    where the instance profile's belongs; the subnet is from another region; the containers are
-    larger than the machine; the image bucket is missing; no bootstrap ran."""
+    where the instance profile's belongs; the subnet and security group are from another region; the
+    containers are larger than the machine; the image bucket is missing; no bootstrap ran."""
     fleet_file, west_subnet = break_account(account, tmp_path)
 
     report = run_preflight(account, spot_config(fleet_file, container={"memory_mib": 20000}))
 
     problems = {(row.check, row.detail): row.fix for row in report.problems}
     found = {check for check, _ in problems}
-    assert found == {"bucket", "fleet file", "instance profile", "fleet role", "task role", "subnet", "fleet settings"}
+    assert found == {
+        "bucket",
+        "fleet file",
+        "instance profile",
+        "fleet role",
+        "task role",
+        "subnet",
+        "security group",
+        "fleet settings",
+    }
     [profile] = rows_of(report, "instance profile")
     assert "is a role ARN; EC2 wants an instance profile ARN there, and role ecsInstanceRole has no instance" in (
         profile.detail
@@ -204,8 +213,11 @@ def test_a_broken_account_gets_every_problem_with_its_fix_in_one_report(account:
     # Without a bootstrap the records bucket's policy cannot take the log export: a warning.
     [export] = rows_of(report, "log export")
     assert export.status == "warning" and "run the bootstrap" in export.fix
-    # Neither the security group nor the route of a subnet that is not found is checked.
-    assert rows_of(report, "security group") == rows_of(report, "network path to ECS") == []
+    # The security group is checked though the subnet is not found; the route of that subnet is not.
+    [group] = rows_of(report, "security group")
+    assert group.detail.endswith("does not exist in us-east-1")
+    assert "aws ec2 describe-security-groups --region us-east-1" in group.fix
+    assert rows_of(report, "network path to ECS") == []
 
     with pytest.raises(ConfigError) as raised:
         report.raise_for_problems()
@@ -481,3 +493,46 @@ def test_the_run_flow_stops_at_its_preflight_with_every_problem_and_creates_noth
     assert boto3.client("ecs", region_name="us-east-1").list_clusters()["clusterArns"] == []
     assert boto3.client("ec2", region_name="us-east-1").describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == []
     assert boto3.client("logs", region_name="us-east-1").describe_log_groups()["logGroups"] == []
+
+
+DS_FILES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ds-files"
+DCP_FLEET = DS_FILES / "dcp" / "exampleFleet_us-east-1.json"
+
+
+@pytest.mark.skipif(not DCP_FLEET.is_file(), reason="the Distributed-CellProfiler example files are absent")
+def test_dcps_example_fleet_file_gets_each_placeholder_as_a_fleet_file_row_not_blamed_on_the_region(
+    account: AwsClients,
+) -> None:
+    report = run_preflight(account, spot_config(DCP_FLEET))
+
+    fleet_file_rows = " ".join(row.detail for row in rows_of(report, "fleet file"))
+    for value in ("XXXXXXXXXXXXX", "'arn:aws:iam::XXXXXXXXXXXX:instance-profile/ecsInstanceRole'", "'subnet-WWWWWWWW'"):
+        assert value in fleet_file_rows
+    assert "'sg-ZZZZZZZZZ'" in fleet_file_rows and "'your_key_file_name'" in fleet_file_rows
+    # Placeholders are the fleet file's rows only: no subnet 'of another region', no missing key pair.
+    assert rows_of(report, "subnet") == rows_of(report, "key pair") == rows_of(report, "security group") == []
+
+
+def test_every_launch_specifications_subnet_is_checked(account: AwsClients, tmp_path: Path) -> None:
+    fleet_file = correct_fleet_file(tmp_path, account)
+    document = json.loads(fleet_file.read_text())
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    first = document["LaunchSpecifications"][0]["NetworkInterfaces"][0]["SubnetId"]
+    vpc = ec2.describe_subnets(SubnetIds=[first])["Subnets"][0]["VpcId"]
+    second = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.2.0/24")["Subnet"]["SubnetId"]
+    missing = "subnet-0123456789abcdef0"
+    for subnet in (second, missing):
+        entry = json.loads(json.dumps(document["LaunchSpecifications"][0]))
+        entry["NetworkInterfaces"][0]["SubnetId"] = subnet
+        document["LaunchSpecifications"].append(entry)
+    fleet_file.write_text(json.dumps(document))
+
+    report = run_preflight(account, spot_config(fleet_file))
+
+    assert [(row.status, row.detail.split(" ")[1]) for row in rows_of(report, "subnet")] == [
+        ("ok", first),
+        ("ok", second),
+        ("problem", missing),
+    ]
+    [group] = rows_of(report, "security group")  # the same group, checked once
+    assert group.status == "ok"

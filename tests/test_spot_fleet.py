@@ -23,6 +23,7 @@ from core.fleets import spot_fleet
 from core.fleets.base import FleetRequest
 from core.fleets.spot_fleet import MACHINE_SIZES, SpotFleet, SpotFleetSettings, resource_name, validate_spot_fleet
 from tests.fakes import FakeClock
+from tests.test_preflight import make_subnet
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 
@@ -37,7 +38,10 @@ ROLE_AS_PROFILE = (
 
 
 def fleet_file(**changes: Any) -> dict[str, Any]:
+    """The example fleet file, with a subnet and a security group of moto's account in place of its own."""
     document = json.loads(EXAMPLE.read_text())
+    subnet, group = make_subnet()
+    document["LaunchSpecifications"][0]["NetworkInterfaces"][0].update(SubnetId=subnet, Groups=[group])
     document["LaunchSpecifications"][0].update(changes)
     return document
 
@@ -142,7 +146,8 @@ def test_each_fleet_file_mistake_is_named_with_its_fix(tmp_path: Path, change: A
 
 def test_every_fleet_file_mistake_is_reported_at_once(tmp_path: Path) -> None:
     path = tmp_path / "fleet.json"
-    path.write_text(json.dumps({"IamFleetRole": "x", "LaunchSpecifications": [{"SubnetId": "subnet-1"}]}))
+    spec = {"SubnetId": "subnet-0123456789abcdef0"}
+    path.write_text(json.dumps({"IamFleetRole": "x", "LaunchSpecifications": [spec]}))
     with pytest.raises(ConfigError) as raised:
         spot_fleet.load_fleet_file(path)
     assert str(raised.value).count("\n  - ") == 3  # role ARN, instance profile, security group
@@ -166,10 +171,12 @@ def request_for(document: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 def test_the_request_has_one_config_per_machine_type_the_full_price_utc_validity_tags_and_token() -> None:
-    config = request_for(fleet_file())
+    document = fleet_file()
+    config = request_for(document)
+    subnet = document["LaunchSpecifications"][0]["NetworkInterfaces"][0]["SubnetId"]
     assert [c["Overrides"] for c in config["LaunchTemplateConfigs"]] == [
-        [{"InstanceType": "m5.xlarge"}],
-        [{"InstanceType": "c5.2xlarge"}],
+        [{"InstanceType": "m5.xlarge", "SubnetId": subnet}],
+        [{"InstanceType": "c5.2xlarge", "SubnetId": subnet}],
     ]
     assert {c["LaunchTemplateSpecification"]["Version"] for c in config["LaunchTemplateConfigs"]} == {"3"}
     assert config["SpotPrice"] == "0.123456789"  # Distributed-Something rounded to cents
@@ -177,7 +184,7 @@ def test_the_request_has_one_config_per_machine_type_the_full_price_utc_validity
     assert (config["Type"], config["AllocationStrategy"]) == ("maintain", "priceCapacityOptimized")
     assert config["TerminateInstancesWithExpiration"] is True
     assert config["ValidFrom"].utcoffset() == timedelta(0)
-    assert config["ClientToken"] == ec2.client_token("r1") == request_for(fleet_file())["ClientToken"]
+    assert config["ClientToken"] == ec2.client_token("r1") == request_for(document)["ClientToken"]
     assert config["TagSpecifications"] == [
         {"ResourceType": "spot-fleet-request", "Tags": [{"Key": k, "Value": v} for k, v in TAGS.items()]}
     ]
@@ -193,9 +200,9 @@ def test_subnets_listed_in_the_launch_specification_become_overrides() -> None:
     document = fleet_file(SubnetId="subnet-a, subnet-b", SecurityGroups=[{"GroupId": "sg-1"}])
     del document["LaunchSpecifications"][0]["NetworkInterfaces"]
     config = request_for(document, machine_types=("m5.large",))
-    assert config["LaunchTemplateConfigs"][0]["Overrides"] == [
-        {"InstanceType": "m5.large", "SubnetId": "subnet-a"},
-        {"InstanceType": "m5.large", "SubnetId": "subnet-b"},
+    assert [c["Overrides"] for c in config["LaunchTemplateConfigs"]] == [
+        [{"InstanceType": "m5.large", "SubnetId": "subnet-a"}],
+        [{"InstanceType": "m5.large", "SubnetId": "subnet-b"}],
     ]
     data = ec2.launch_template_data(document, ebs_volume_gb=40, cluster="c", image_id="ami-1", tags=TAGS)
     assert data["SecurityGroupIds"] == ["sg-1"]
@@ -616,3 +623,92 @@ def test_a_second_launch_template_of_a_run_becomes_a_new_version_of_the_same_tem
     second = ec2.ensure_launch_template(client, resource_name("r1"), data, TAGS)
 
     assert (second.id, second.version) == (first.id, first.version + 1)
+
+
+# Distributed-CellProfiler's fleet file, and fleet files of more than one launch specification
+
+DCP_FLEET = REPO.parent / "shared" / "reference" / "ds-files" / "dcp" / "exampleFleet_us-east-1.json"
+
+
+@pytest.mark.skipif(not DCP_FLEET.is_file(), reason="the Distributed-CellProfiler example files are absent")
+def test_each_placeholder_of_dcps_fleet_file_is_caught_before_any_aws_call_with_its_value(tmp_path: Path) -> None:
+    calls: list[str] = []
+    fleet = backend(settings(tmp_path, json.loads(DCP_FLEET.read_text())))
+    for client in (fleet._ec2, fleet._ecs, fleet._logs, fleet._ssm):
+        client.meta.events.register("before-call", lambda model, **_: calls.append(model.name))
+
+    with pytest.raises(ConfigError) as raised:
+        start(fleet)
+
+    message = str(raised.value)
+    for value, fix in [
+        ("IamFleetRole 'arn:aws:iam::XXXXXXXXXXXXX:role/aws-ec2-spot-fleet-tagging-role'", "12-digit account id"),
+        ("IamInstanceProfile.Arn 'arn:aws:iam::XXXXXXXXXXXX:instance-profile/ecsInstanceRole'", "12-digit account"),
+        ("NetworkInterfaces[0].SubnetId 'subnet-WWWWWWWW' is a placeholder", "set a subnet of your VPC"),
+        ("NetworkInterfaces[0].Groups 'sg-ZZZZZZZZZ' is a placeholder", "set a security group of the subnet's VPC"),
+        ("LaunchSpecifications[0].KeyName 'your_key_file_name' is the example's placeholder", "describe-key-pairs"),
+    ]:
+        line = next(line for line in message.splitlines() if value in line)
+        assert fix in line
+    assert calls == []  # nothing was asked of AWS, let alone created
+
+
+def two_zones(**second: Any) -> tuple[dict[str, Any], list[str]]:
+    """A fleet file of two launch specifications, each in its own subnet and zone of one VPC."""
+    client = boto3.client("ec2")
+    document = fleet_file()
+    first = document["LaunchSpecifications"][0]
+    vpc = client.describe_subnets(SubnetIds=[first["NetworkInterfaces"][0]["SubnetId"]])["Subnets"][0]["VpcId"]
+    other = client.create_subnet(VpcId=vpc, CidrBlock="10.0.2.0/24", AvailabilityZone="us-east-1b")["Subnet"]
+    first["Placement"] = {"AvailabilityZone": "us-east-1a"}
+    entry = copy.deepcopy(first)
+    entry["NetworkInterfaces"][0]["SubnetId"] = other["SubnetId"]
+    entry["Placement"] = {"AvailabilityZone": "us-east-1b"}
+    entry.update(second)
+    document["LaunchSpecifications"].append(entry)
+    return document, [first["NetworkInterfaces"][0]["SubnetId"], other["SubnetId"]]
+
+
+def test_a_second_launch_specification_adds_its_subnet_and_zone_for_every_machine_type(tmp_path: Path) -> None:
+    document, (subnet_a, subnet_b) = two_zones()
+    assert spot_fleet.fleet_file_problems(document) == []
+
+    start(backend(settings(tmp_path, document)))
+
+    [fleet] = ec2.tagged_fleets(boto3.client("ec2"), {"run-id": "r1"})
+    described = boto3.client("ec2").describe_spot_fleet_requests(SpotFleetRequestIds=[fleet.id])
+    launched = described["SpotFleetRequestConfigs"][0]["SpotFleetRequestConfig"]["LaunchSpecifications"]
+    assert sorted((spec["InstanceType"], spec["SubnetId"]) for spec in launched) == sorted(
+        (kind, subnet) for kind in ("m5.xlarge", "c5.xlarge") for subnet in (subnet_a, subnet_b)
+    )
+    overrides = [c["Overrides"] for c in request_for(document, machine_types=("m5.xlarge",))["LaunchTemplateConfigs"]]
+    assert overrides == [
+        [{"InstanceType": "m5.xlarge", "SubnetId": subnet_a, "AvailabilityZone": "us-east-1a"}],
+        [{"InstanceType": "m5.xlarge", "SubnetId": subnet_b, "AvailabilityZone": "us-east-1b"}],
+    ]
+    # The launch template leaves subnet and zone to the overrides.
+    data = ec2.launch_template_data(document, ebs_volume_gb=30, cluster="c", image_id="ami-1", tags=TAGS)
+    assert "SubnetId" not in data["NetworkInterfaces"][0] and "Placement" not in data
+
+
+def test_a_launch_specification_that_differs_in_more_than_subnet_and_zone_is_refused_by_name(tmp_path: Path) -> None:
+    document, _ = two_zones(KeyName="other-key", EbsOptimized=True)
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps(document))
+
+    with pytest.raises(ConfigError) as raised:
+        spot_fleet.load_fleet_file(path)
+
+    assert "LaunchSpecifications[1] differs from LaunchSpecifications[0] in EbsOptimized, KeyName: every machine" in (
+        str(raised.value)
+    )
+    assert "Fix: make EbsOptimized, KeyName the same as in entry 0, or remove entry 1" in str(raised.value)
+
+
+def test_a_placeholder_subnet_in_a_later_launch_specification_is_named_with_its_index() -> None:
+    document, _ = two_zones()
+    document["LaunchSpecifications"][1]["NetworkInterfaces"][0]["SubnetId"] = "subnet-WWWWWWWW"
+
+    [problem] = spot_fleet.fleet_file_problems(document)
+
+    assert problem.startswith("LaunchSpecifications[1].NetworkInterfaces[0].SubnetId 'subnet-WWWWWWWW' is a placeh")

@@ -1,10 +1,11 @@
 """EC2: the fleet file, the launch template and the Spot Fleet request, and watching it fill.
 
 Spot Fleet launch specifications cannot carry `MetadataOptions`, so IMDSv2 could not be required
-with Distributed-Something's request shape. The fleet file keeps that shape (its first launch
-specification is the template); it is turned into a launch template, which can require IMDSv2,
-and the request lists one launch-template config per machine type. The fleet file is checked
-before any of this, in core/fleets/spot_fleet.py.
+with Distributed-Something's request shape. The fleet file keeps that shape: its first launch
+specification becomes a launch template, which can require IMDSv2, and every launch specification
+gives its subnet and zone (`placements`). The request lists one launch-template config per machine
+type and placement, so no entry of the fleet file is dropped. The fleet file is checked before any
+of this, in core/fleets/spot_fleet.py: entries that differ in more than subnet and zone are refused.
 """
 
 from __future__ import annotations
@@ -130,6 +131,42 @@ def _block_devices(spec: dict[str, Any], ebs_volume_gb: int) -> list[dict[str, A
     return [{**root, "Ebs": {**ebs, "VolumeSize": ebs_volume_gb}}, *others]
 
 
+def spec_subnets(spec: dict[str, Any]) -> list[str]:
+    """One launch specification's subnets: SubnetId (Distributed-Something allowed 'subnet-a, subnet-b'),
+    else NetworkInterfaces[0].SubnetId."""
+    interface = (spec.get("NetworkInterfaces") or [{}])[0]
+    given = spec.get("SubnetId") or interface.get("SubnetId") or ""
+    return [subnet.strip() for subnet in str(given).split(",") if subnet.strip()]
+
+
+def without_placement(spec: dict[str, Any]) -> dict[str, Any]:
+    """A launch specification without its subnet and zone (SubnetId, NetworkInterfaces[].SubnetId,
+    Placement.AvailabilityZone): what every machine of the fleet shares."""
+    shared = {key: value for key, value in spec.items() if key not in ("SubnetId", "Placement", "NetworkInterfaces")}
+    placement = {key: value for key, value in (spec.get("Placement") or {}).items() if key != "AvailabilityZone"}
+    if placement:
+        shared["Placement"] = placement
+    if "NetworkInterfaces" in spec:
+        shared["NetworkInterfaces"] = [
+            {key: value for key, value in interface.items() if key != "SubnetId"}
+            for interface in spec["NetworkInterfaces"]
+        ]
+    return shared
+
+
+def placements(fleet_file: dict[str, Any]) -> list[dict[str, str]]:
+    """Each subnet (and zone, Placement.AvailabilityZone) of every launch specification, in order and
+    without repeats, as launch-template overrides: machines may start in any of them."""
+    found: list[dict[str, str]] = []
+    for spec in fleet_file["LaunchSpecifications"]:
+        zone = (spec.get("Placement") or {}).get("AvailabilityZone")
+        for subnet in spec_subnets(spec) or [None]:
+            placement = {key: value for key, value in (("SubnetId", subnet), ("AvailabilityZone", zone)) if value}
+            if placement not in found:
+                found.append(placement)
+    return found
+
+
 def launch_template_data(
     fleet_file: dict[str, Any], *, ebs_volume_gb: int, cluster: str, image_id: str, tags: dict[str, str]
 ) -> dict[str, Any]:
@@ -138,8 +175,9 @@ def launch_template_data(
     `image_id` is used when the fleet file names none. IMDSv2 is required, with a hop limit of 2 so
     containers on the bridge network reach it (the worker watches Spot notices there). The public IP
     setting is the fleet file's, untouched (Distributed-Something's ASSIGN_IP test was inverted).
+    Subnet and zone are left to the request's overrides (`placements`), one per launch specification.
     """
-    spec = fleet_file["LaunchSpecifications"][0]
+    spec = without_placement(fleet_file["LaunchSpecifications"][0])
     data: dict[str, Any] = {
         key: spec[key]
         for key in ("KeyName", "IamInstanceProfile", "Monitoring", "EbsOptimized", "Placement", "NetworkInterfaces")
@@ -207,21 +245,18 @@ def build_spot_fleet_request(
     valid_from: datetime,
     valid_until: datetime,
 ) -> dict[str, Any]:
-    """The SpotFleetRequestConfig: one launch-template config per machine type, the price to the
-    cent's fraction (Distributed-Something rounded it to cents), UTC validity (it sent local time as
-    UTC), and surplus machines are never terminated by a lower target (they finish their jobs)."""
+    """The SpotFleetRequestConfig: one launch-template config per machine type and placement (subnet
+    and zone, from every launch specification), the price to the cent's fraction (Distributed-Something
+    rounded it to cents), UTC validity (it sent local time as UTC), and surplus machines are never
+    terminated by a lower target (they finish their jobs)."""
     for moment in (valid_from, valid_until):
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise ValueError("valid_from and valid_until must be timezone-aware (UTC)")
-    spec = fleet_file["LaunchSpecifications"][0]
-    subnets = [s.strip() for s in str(spec.get("SubnetId", "")).split(",") if s.strip()]
     template = {"LaunchTemplateId": launch_template.id, "Version": str(launch_template.version)}
     configs = [
-        {
-            "LaunchTemplateSpecification": template,
-            "Overrides": [{"InstanceType": kind, "SubnetId": s} for s in subnets] or [{"InstanceType": kind}],
-        }
+        {"LaunchTemplateSpecification": template, "Overrides": [{"InstanceType": kind, **placement}]}
         for kind in machine_types
+        for placement in placements(fleet_file) or [{}]
     ]
     return {
         "IamFleetRole": fleet_file["IamFleetRole"],
