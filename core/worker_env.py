@@ -34,6 +34,7 @@ def worker_environment(config: RunConfig, resources: RunResources, urls: QueueUr
         "DISTRIBUTED_STAGGER_S": str(config.container.stagger_s),
         "DISTRIBUTED_LOG_GROUP": resources.log_group if config.container.job_log_streams else "",
         "DISTRIBUTED_RESOURCE_LOG_S": str(config.container.resource_log_interval_s),
+        "DISTRIBUTED_PASS_AWS_CREDENTIALS": "true" if config.container.pass_aws_credentials else "false",
         "AWS_REGION": config.region,
         "AWS_DEFAULT_REGION": config.region,
     }
