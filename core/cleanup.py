@@ -54,11 +54,12 @@ def _stop_fleet(clients: AwsClients, config: RunConfig, resources: RunResources,
     backend = fleet_backend(clients, config)
     fleet = backend.handle_for(resources.run_id)
     backend.stop(fleet)
-    running = backend.status(fleet).running
-    if running:
-        result.left.append(f"fleet {fleet.id} ({running} workers still running)")
+    status = backend.status(fleet)
+    if status.running:
+        result.left.append(f"fleet {fleet.id} ({status.running} workers still running)")
     else:
         result.deleted.append(f"fleet {fleet.id}")
+    result.kept.extend(status.kept)
 
 
 def _delete_queues(sqs_client: BaseClient, config: RunConfig, resources: RunResources, result: CleanupResult) -> None:

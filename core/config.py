@@ -115,6 +115,13 @@ class ContainerSettings(_Section):
         description="Seconds between the worker's resource lines (disk, memory, load; a WARNING when one runs "
         "short); 0: none.",
     )
+    pass_aws_credentials: bool = Field(
+        default=False,
+        description="Give the program the AWS keys the worker has (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_SESSION_TOKEN). Off by default: a program that prints its environment would show them. On AWS a "
+        "program that needs AWS uses the task role (fleet.task_role_arn), which it gets either way. The secret "
+        "key and session token are masked in the program's output whatever this says.",
+    )
 
 
 class FleetSettings(_Section):
@@ -131,6 +138,12 @@ class FleetSettings(_Section):
     local_workdir: Path | None = Field(
         default=None,
         description="Working directory of local workers; default: the folder of the config file.",
+    )
+    keep_local_logs: bool = Field(
+        default=False,
+        description="Keep the 'local' fleet's folder of worker logs (prefect-distributed/<run id> in the "
+        "temporary directory) after cleanup, listed in the summary's resources_kept; by default cleanup "
+        "removes it with the workers.",
     )
     machines: int = Field(default=1, ge=1, le=10000, description="Fleet target capacity (CLUSTER_MACHINES).")
     tasks_per_machine: int = Field(default=1, ge=1, le=256, description="Containers per machine (TASKS_PER_MACHINE).")

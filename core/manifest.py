@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from botocore.client import BaseClient
 
-from core.models import DeadJob
+from core.models import DeadJob, shown_fields
 
 JobState = Literal["succeeded", "skipped", "failed", "unfinished"]
 COLUMNS = ("job_id", "state", "attempts", "reason", "fields")
@@ -41,7 +41,7 @@ class Manifest:
             "state": state,
             "attempts": dead.attempts if dead else "",
             "reason": dead.reason if dead else "",
-            "fields": json.dumps(fields, sort_keys=True),
+            "fields": json.dumps(shown_fields(fields), sort_keys=True),
         }
         self._csv.writerow(row[column] for column in COLUMNS)
         if state in ("succeeded", "skipped") and len(self.preview) < PREVIEW_ROWS:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from core.config import RunConfig
 from core.cost import CostEstimate, CostReport
 from core.tags import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID
+from worker.core import MAX_OUTPUT_TAIL_CHARS, MAX_REASON_CHARS
+
+# A field value longer than this (as JSON) is shown as its size in summaries, manifests and the UI;
+# the job file keeps it, and jobs are found again by id.
+MAX_SHOWN_FIELD_CHARS = 1000
 
 
 def run_log_group(base: str, run_id: str) -> str:
@@ -72,6 +78,9 @@ class FleetHandle(_Model):
 class FleetStatus(_Model):
     target: int = Field(description="Workers asked for.")
     running: int = Field(description="Workers alive now.")
+    kept: list[str] = Field(
+        default_factory=list, description="What a stopped fleet keeps on purpose, by config (e.g. its logs)."
+    )
     machines_target: int | None = Field(default=None, description="Machines the fleet asks for; None: no machines.")
     machines_running: int | None = Field(default=None, description="Machines running now; None: no machines.")
 
@@ -98,14 +107,34 @@ class RunSnapshot(_Model):
         return self.visible + self.in_flight + self.delayed == 0
 
 
+def shown_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The job's fields, each value too long to show replaced by a note of its size."""
+    shown = {}
+    for name, value in fields.items():
+        size = len(json.dumps(value))
+        shown[name] = value if size <= MAX_SHOWN_FIELD_CHARS else f"[{size} characters, not shown]"
+    return shown
+
+
+def _head(limit: int) -> AfterValidator:
+    return AfterValidator(lambda text: text[:limit])
+
+
+def _tail(limit: int) -> AfterValidator:
+    return AfterValidator(lambda text: text[-limit:])
+
+
 class DeadJob(_Model):
-    """A job that ended in the dead-letter queue."""
+    """A job that ended in the dead-letter queue. Every part is bounded, whatever the program printed:
+    the summary, the manifest and the UI list many of these."""
 
     job_id: str
-    fields: dict[str, Any]
-    reason: str
+    fields: Annotated[dict[str, Any], AfterValidator(shown_fields)]
+    reason: Annotated[str, _head(MAX_REASON_CHARS)]
     attempts: int
-    output_tail: str = Field(default="", description="The last lines the program printed on its last attempt.")
+    output_tail: Annotated[str, _tail(MAX_OUTPUT_TAIL_CHARS)] = Field(
+        default="", description="The end of the last lines the program printed on its last failed run."
+    )
 
 
 class CleanupResult(_Model):

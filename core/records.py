@@ -9,7 +9,7 @@ delivered twice still has one outcome. The key layout is the worker's own (worke
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, NamedTuple
 
 from botocore.client import BaseClient
@@ -21,6 +21,7 @@ from core.jobs import Job
 from core.manifest import JobState, Manifest
 from core.models import DeadJob, RunResources, RunSummary
 from worker.core import attempt_numbers, attempt_prefix
+from worker.output import mask
 
 OUTCOME_STATUSES = ("succeeded", "skipped")
 
@@ -84,8 +85,14 @@ def failures(s3: BaseClient, resources: RunResources, job_id: str) -> Failures:
     return Failures(len(numbers), get_json(s3, resources.records_bucket, f"{prefix}{numbers[-1]}.json"))
 
 
-def dead_jobs(s3: BaseClient, resources: RunResources, messages: Iterable[DeadMessage]) -> list[DeadJob]:
-    """One DeadJob per job id in the dead-letter queue, with the most specific reason known."""
+def dead_jobs(
+    s3: BaseClient, resources: RunResources, messages: Iterable[DeadMessage], secrets: Sequence[str] = ()
+) -> list[DeadJob]:
+    """One DeadJob per job id in the dead-letter queue, with the most specific reason known.
+
+    `secrets` are masked in reasons and output: a worker masks the ones it knows, the flow the ones
+    it knows (e.g. a key a worker never had, printed by a program that found it elsewhere).
+    """
     found: dict[str, DeadJob] = {}
     for message in messages:
         try:
@@ -104,7 +111,13 @@ def dead_jobs(s3: BaseClient, resources: RunResources, messages: Iterable[DeadMe
             reason = f"{reason}: {last_line.strip()}"
         # A job the redrive policy moved has no failed run: its deliveries are what it spent.
         attempts = failed.count or message.receive_count
-        found[job_id] = DeadJob(job_id=job_id, fields=fields, reason=reason, attempts=attempts, output_tail=output_tail)
+        found[job_id] = DeadJob(
+            job_id=job_id,
+            fields=fields,
+            reason=mask(reason, secrets),
+            attempts=attempts,
+            output_tail=mask(output_tail, secrets),
+        )
     return sorted(found.values(), key=lambda dead: dead.job_id)
 
 

@@ -43,6 +43,7 @@ def worker_environment(config: RunConfig, resources: RunResources, urls: QueueUr
         "DISTRIBUTED_DOWNLOAD_LIST_FIELD": config.download_files.list_field,
         "DISTRIBUTED_BUCKET_ROOT": config.download_files.bucket_root,
         "DISTRIBUTED_DOWNLOAD_THREADS": str(config.download_files.threads),
+        "DISTRIBUTED_PASS_AWS_CREDENTIALS": "true" if config.container.pass_aws_credentials else "false",
         "AWS_REGION": config.region,
         "AWS_DEFAULT_REGION": config.region,
     }

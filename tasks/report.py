@@ -38,7 +38,7 @@ def summarize_run(
             resources=resources,
             jobs=batch.jobs(config.command),
             outcomes=read_outcomes(s3_client, resources),
-            dead=dead_jobs(s3_client, resources, messages),
+            dead=dead_jobs(s3_client, resources, messages, clients.secrets()),
             duration_s=duration_s,
             error=error,
             manifest=manifest,

@@ -15,6 +15,7 @@ from core.jobs import Job
 from core.manifest import Manifest
 from core.models import RunResources
 from core.records import Outcomes, build_summary, dead_jobs, read_outcomes
+from worker.core import MAX_OUTPUT_TAIL_CHARS, MAX_REASON_CHARS
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 
@@ -80,6 +81,22 @@ def test_a_dead_job_carries_the_workers_reason_or_its_last_failed_run_and_counts
     ]
     assert found[0].fields == {"id": "a"}
     assert found[1].output_tail.splitlines() == ["reading", "row 7: 'n/a' is not a number"]
+
+
+def test_a_dead_jobs_reason_and_output_are_bounded_and_mask_the_secrets_the_flow_knows(s3) -> None:
+    secret = "flow-Secret-Key-0123456789abcdef"
+    tail = "x" * 20_000 + f"\nconnecting with {secret}\nboom"
+    record = {"job_id": "b", "attempt": 1, "reason": f"exit status 1 ({secret})" + "!" * 5000, "output_tail": tail}
+    put_json(s3, "records", "runs/run-1/attempts/b.1.json", record)
+    big_field = {"id": "b", "image_list": "p" * 200_000}
+    body = json.dumps({"schema_version": 1, "run_id": "run-1", "job_id": "b", "fields": big_field})
+
+    [found] = dead_jobs(s3, RESOURCES, [DeadMessage(body=body, reason=None, receive_count=1)], [secret])
+
+    assert secret not in found.model_dump_json()
+    assert found.reason.startswith("exit status 1 (*****)") and len(found.reason) == MAX_REASON_CHARS
+    assert len(found.output_tail) == MAX_OUTPUT_TAIL_CHARS and found.output_tail.endswith("with *****\nboom")
+    assert found.fields == {"id": "b", "image_list": "[200002 characters, not shown]"}
 
 
 def outcomes_of(**statuses: str) -> Outcomes:

@@ -4,6 +4,10 @@ to S3 before their group is deleted, and a second cleanup that changes nothing."
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +28,9 @@ LOGGER = logging.getLogger("test")
 
 
 @pytest.fixture(autouse=True)
-def local_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def local_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DISTRIBUTED_LOCAL_STATE", str(tmp_path / "state"))
+    return tmp_path / "state"
 
 
 def make_config(**settings: Any) -> RunConfig:
@@ -140,3 +145,36 @@ def test_cleaning_up_twice_is_safe_and_the_second_time_finds_nothing_to_keep() -
 
     assert first.left == second.left == [] and second.kept == []
     assert queue_names() == []
+
+
+@pytest.fixture
+def local_worker(local_state: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A live local 'worker' of the run (its command line says worker) with its pid and log files."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "worker"])
+    folder = local_state / RUN_ID
+    folder.mkdir(parents=True)
+    (folder / "worker-0.pid").write_text(str(process.pid))
+    (folder / "worker-0.log").write_text("INFO starting 1 worker loop(s)\n")
+    yield process
+    process.kill()
+    process.wait()
+
+
+@pytest.mark.parametrize("keep_local_logs", [False, True])
+def test_the_local_fleets_workers_are_stopped_and_its_log_folder_removed_unless_kept(
+    local_worker: subprocess.Popen[bytes], local_state: Path, keep_local_logs: bool
+) -> None:
+    config = make_config(fleet={"keep_local_logs": keep_local_logs})
+    resources = set_up_run(config)
+
+    result = run_cleanup(config, resources)
+
+    assert local_worker.wait(timeout=5) == -signal.SIGTERM
+    folder = local_state / RUN_ID
+    assert f"fleet {folder}" in result.deleted
+    if keep_local_logs:
+        assert [path.name for path in folder.iterdir()] == ["worker-0.log"]
+        assert f"local fleet logs {folder} (fleet.keep_local_logs)" in result.kept
+    else:
+        assert not folder.exists()
+        assert not [line for line in result.kept if "local fleet" in line]

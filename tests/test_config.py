@@ -155,3 +155,26 @@ def test_a_job_file_that_is_a_folder_is_named_as_a_folder(tmp_path: Path) -> Non
         load_config_file(path)
     assert str(error.value).startswith(f"job_file {tmp_path / 'jobs'} is a folder, not a job file: set job_file to")
     assert "does not exist" not in str(error.value)
+
+
+@pytest.mark.parametrize(("job_retries", "receives"), [(1, 21), (3, 23), (990, 1000), (1000, 1000)])
+def test_the_redrive_policy_sits_well_above_job_retries_within_sqss_limit(job_retries: int, receives: int) -> None:
+    config = parse_config({**MINIMAL, "queue": {"job_retries": job_retries}}, "test")
+    assert config.queue.redrive_receive_count == receives
+
+
+@pytest.mark.parametrize("passed", [False, True])
+def test_workers_get_the_retries_and_whether_the_program_gets_aws_keys(passed: bool) -> None:
+    from core.models import QueueUrls, RunResources
+    from core.worker_env import worker_environment
+
+    config = parse_config(
+        {**MINIMAL, "queue": {"job_retries": 4}, "container": {"pass_aws_credentials": passed}}, "test"
+    )
+    urls = QueueUrls(queue_url="https://sqs/q", dead_letter_queue_url="https://sqs/d")
+
+    environment = worker_environment(config, RunResources.for_run(config, "run-1"), urls)
+
+    assert environment["DISTRIBUTED_JOB_RETRIES"] == "4"
+    assert environment["DISTRIBUTED_PASS_AWS_CREDENTIALS"] == str(passed).lower()
+    assert not any("SECRET" in name or "KEY" in name for name in environment)

@@ -243,9 +243,18 @@ def test_an_inline_mapping_works_as_the_config(aws: str, tmp_path: Path) -> None
     assert summary.succeeded == 5
 
 
-def test_no_secret_reaches_a_log_an_artifact_or_the_summary(
-    aws: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+# The program prints its environment first (the AWS variables last, so that the dead job's output
+# tail holds them), then runs as usual.
+PRINTENV_COMMAND = "sh -c 'env | sort -r; exec \"$@\"' sh {python} program.py {{input_dir}} {{output_dir}}"
+
+
+@pytest.mark.parametrize("pass_aws_credentials", [False, True])
+def test_no_secret_reaches_a_log_a_record_an_artifact_the_summary_or_the_manifest(
+    aws: str, tmp_path: Path, capfd: pytest.CaptureFixture[str], pass_aws_credentials: bool
 ) -> None:
+    """Every job's program prints its environment; one fails, so its output reaches the records, the
+    summary, the manifest and the artifacts. Without pass_aws_credentials the program has no key to
+    print; with it, the worker masks the secret key in the program's output."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
     from prefect_aws import AwsCredentials
@@ -255,7 +264,14 @@ def test_no_secret_reaches_a_log_an_artifact_or_the_summary(
         "e2e-credentials", overwrite=True
     )
     upload_inputs()
-    summary = run_flow(str(write_batch(tmp_path, aws_credentials="e2e-credentials")))
+    config = write_batch(
+        tmp_path,
+        aws_credentials="e2e-credentials",
+        command=PRINTENV_COMMAND.format(python=sys.executable),
+        container={"pass_aws_credentials": pass_aws_credentials},
+        fleet={"local_workers": 2, "keep_local_logs": True},
+    )
+    summary = run_flow(str(config))
     assert summary.succeeded == 5
 
     with get_client(sync_client=True) as client:
@@ -264,17 +280,30 @@ def test_no_secret_reaches_a_log_an_artifact_or_the_summary(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[summary.run_id]))
         )
     worker_logs = [p.read_text() for p in (tmp_path / "fleet-state").rglob("*.log")]
+    s3 = boto3.client("s3")
+    records = [
+        s3_text(item["Key"])
+        for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{summary.run_id}/").get("Contents", [])
+        if item["Key"].endswith((".json", ".csv"))
+    ]
     captured = capfd.readouterr()
     haystacks = {
         "flow and task logs": "\n".join(log.message for log in logs),
         "artifacts": "\n".join(str(a.data) + str(a.description) for a in artifacts),
         "worker logs": "\n".join(worker_logs),
+        "records, summary.json and manifest.csv": "\n".join(records),
         "summary": summary.model_dump_json(),
         "console": captured.out + captured.err,
     }
-    assert len(logs) > 10 and worker_logs
+    assert len(logs) > 10 and worker_logs and len(records) > 3
     for where, text in haystacks.items():
         assert secret not in text, f"the secret appeared in the {where}"
+    (dead,) = summary.failed
+    assert "AWS_REGION=us-east-1" in dead.output_tail  # the program did print its environment
+    if pass_aws_credentials:
+        assert "AWS_SECRET_ACCESS_KEY=*****" in dead.output_tail
+    else:
+        assert "AWS_SECRET_ACCESS_KEY=" not in dead.output_tail
 
 
 def test_failed_jobs_can_be_rerun_once_their_cause_is_fixed(aws: str, tmp_path: Path) -> None:

@@ -10,6 +10,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from worker.core import (
+    MAX_ARGUMENT_BYTES,
+    MAX_ENV_VALUE_BYTES,
+    MAX_OUTPUT_TAIL_CHARS,
+    MAX_REASON_CHARS,
     ConfigError,
     JobMessage,
     MalformedJob,
@@ -84,6 +88,7 @@ def test_settings_take_defaults_from_the_readme() -> None:
     assert settings.resource_log_s == 30
     assert settings.spot_watch is False
     assert settings.imds_endpoint == "http://169.254.169.254"
+    assert settings.pass_aws_credentials is False
 
 
 def test_settings_parse_every_optional_variable() -> None:
@@ -107,6 +112,7 @@ def test_settings_parse_every_optional_variable() -> None:
             "DISTRIBUTED_RESOURCE_LOG_S": "0",
             "DISTRIBUTED_SPOT_WATCH": "true",
             "DISTRIBUTED_IMDS_ENDPOINT": "http://127.0.0.1:8080/",
+            "DISTRIBUTED_PASS_AWS_CREDENTIALS": "true",
         }
     )
     assert settings.check_if_done is True
@@ -120,6 +126,7 @@ def test_settings_parse_every_optional_variable() -> None:
     assert settings.resource_log_s == 0
     assert settings.spot_watch is True
     assert settings.imds_endpoint == "http://127.0.0.1:8080"
+    assert settings.pass_aws_credentials is True
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED_ENV))
@@ -233,8 +240,24 @@ def test_render_command_names_a_missing_placeholder() -> None:
 
 def test_job_fields_become_environment_variables_for_scalars_with_plain_names() -> None:
     fields = {"sample": "A01", "threads": 4, "ratio": 0.5, "dry": True, "tags": ["x"], "a-b": "x", "a=b": "y"}
-    env = job_environment(job(fields=fields))
+    env, files = job_environment(job(fields=fields), "/job/fields")
     assert env == {"JOB_SAMPLE": "A01", "JOB_THREADS": "4", "JOB_RATIO": "0.5", "JOB_DRY": "True"}
+    assert files == {}
+
+
+def test_a_field_too_big_for_the_environment_becomes_a_file_named_by_a_variable() -> None:
+    big = "é" * (MAX_ENV_VALUE_BYTES // 2 + 1)  # over the limit in bytes, not in characters
+    fits = "x" * MAX_ENV_VALUE_BYTES
+    env, files = job_environment(job(fields={"big": big, "fits": fits}), "/job/fields")
+    assert env == {"JOB_BIG_FILE": "/job/fields/JOB_BIG", "JOB_FITS": fits}
+    assert files == {"/job/fields/JOB_BIG": big}
+
+
+def test_a_command_word_over_linuxs_argument_limit_is_a_permanent_failure_that_says_the_fix() -> None:
+    just_fits = "x" * MAX_ARGUMENT_BYTES
+    assert render_command("tool {big}", job(fields={"big": just_fits}), "/i", "/o") == ["tool", just_fits]
+    with pytest.raises(PermanentFailure, match=r"'\{big\}' is 131072 bytes .* JOB_<FIELD>_FILE"):
+        render_command("tool {big}", job(fields={"big": just_fits + "x"}), "/i", "/o")
 
 
 def test_render_command_accepts_any_field_name() -> None:
@@ -300,6 +323,23 @@ def test_attempt_record_keeps_the_last_twenty_output_lines() -> None:
         "worker": "host:1:0",
         "failed_at": "2024-05-01T10:00:00+00:00",
     }
+
+
+def test_an_attempt_record_keeps_a_bounded_reason_and_the_end_of_its_tail() -> None:
+    lines = ["x" * 5000, "y" * 5000, "the last line"]
+    record = attempt_record(
+        "job-A01",
+        attempt=1,
+        permanent=False,
+        reason="r" * 5000,
+        exit_code=1,
+        output_lines=lines,
+        worker="host:1:0",
+        failed_at=datetime(2024, 5, 1, 10, 0, tzinfo=UTC),
+    )
+    assert record["reason"] == "r" * MAX_REASON_CHARS
+    assert len(record["output_tail"]) == MAX_OUTPUT_TAIL_CHARS
+    assert record["output_tail"].endswith("y\nthe last line")
 
 
 def test_records_refuse_naive_times() -> None:

@@ -34,8 +34,9 @@ from core.aws import sqs as sqs_ops
 from core.config import QueueSettings
 from core.jobs import Job
 from core.manifest import Manifest
-from core.models import RunResources
-from core.records import build_summary, read_outcomes
+from core.aws.sqs import read_dead_messages
+from core.models import RunResources, RunSummary
+from core.records import build_summary, dead_jobs, read_outcomes
 from worker import spot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,10 @@ class Stack:
     def put(self, bucket: str, key: str, body: bytes | str) -> None:
         self.s3.put_object(Bucket=bucket, Key=key, Body=body)
 
-    def start_worker(self, command: str, **settings: object) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, command: str, environment: dict[str, str] | None = None, **settings: object
+    ) -> subprocess.Popen[bytes]:
+        """A worker process; `environment` adds or replaces variables, `settings` DISTRIBUTED_* ones."""
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -111,6 +115,7 @@ class Stack:
             "DISTRIBUTED_JOB_RETRIES": str(self.job_retries),
             "DISTRIBUTED_WORK_DIR": str(self.tmp_path / "work"),
             **{f"DISTRIBUTED_{name.upper()}": str(value) for name, value in settings.items()},
+            **(environment or {}),
         }
         log = open(self.tmp_path / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 - the child owns it
         with log:
@@ -164,6 +169,32 @@ class Stack:
     def attempt(self, job_id: str) -> dict[str, Any]:
         """The job's latest attempt record."""
         return self.attempts(job_id)[-1]
+
+    def summary_and_manifest(self, job_ids: Sequence[str]) -> tuple[RunSummary, str]:
+        """The run's summary and manifest.csv, as the flow builds them from the records and the
+        dead-letter queue (tasks/report.py without Prefect)."""
+        resources = RunResources(
+            run_id=RUN_ID,
+            app_name="workers",
+            queue_name="jobs",
+            dead_letter_queue_name="jobs-dlq",
+            records_bucket=RECORDS_BUCKET,
+            records_prefix=f"runs/{RUN_ID}",
+            log_group=f"workers/{RUN_ID}",
+            tags={},
+        )
+        with Manifest() as manifest:
+            summary = build_summary(
+                resources=resources,
+                jobs=(Job(job_id=job_id, index=n, fields={}, inputs=(), output="") for n, job_id in enumerate(job_ids)),
+                outcomes=read_outcomes(self.s3, resources),
+                dead=dead_jobs(self.s3, resources, read_dead_messages(self.sqs, self.dlq_url)),
+                duration_s=0,
+                error=None,
+                manifest=manifest,
+            )
+            manifest.upload(self.s3, RECORDS_BUCKET, "manifest.csv")
+        return summary, self.text(RECORDS_BUCKET, "manifest.csv")
 
     def dead_letters(self) -> list[dict[str, Any]]:
         response = self.sqs.receive_message(
@@ -861,27 +892,7 @@ def test_chaos_workers_killed_at_random_and_duplicate_deliveries_lose_no_job_and
     assert stack.counts() == (0, 0, 0)
     assert stack.counts(stack.dlq_url) == (0, 0, 0)
 
-    resources = RunResources(
-        run_id=RUN_ID,
-        app_name="chaos",
-        queue_name="q",
-        dead_letter_queue_name="q-dead",
-        records_bucket=RECORDS_BUCKET,
-        records_prefix=f"runs/{RUN_ID}",
-        log_group=f"chaos/{RUN_ID}",
-        tags={},
-    )
-    with Manifest() as manifest:
-        summary = build_summary(
-            resources=resources,
-            jobs=(Job(job_id=job_id, index=n, fields={}, inputs=(), output="") for n, job_id in enumerate(job_ids)),
-            outcomes=read_outcomes(stack.s3, resources),
-            dead=[],
-            duration_s=0,
-            error=None,
-            manifest=manifest,
-        )
-        manifest.upload(stack.s3, RECORDS_BUCKET, "manifest.csv")
-    rows = list(csv.DictReader(io.StringIO(stack.text(RECORDS_BUCKET, "manifest.csv"))))
+    summary, manifest = stack.summary_and_manifest(job_ids)
+    rows = list(csv.DictReader(io.StringIO(manifest)))
     assert sorted(row["job_id"] for row in rows) == job_ids  # each job once
     assert summary.succeeded == sum(row["state"] == "succeeded" for row in rows) == len(stack.keys(OUTPUT_BUCKET))

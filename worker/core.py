@@ -19,6 +19,15 @@ from typing import Any, TypeVar
 
 SCHEMA_VERSION = 1
 OUTPUT_TAIL_LINES = 20
+# An attempt record keeps the end of those lines, up to this many characters (each line is already
+# cut at worker.output.MAX_LINE_BYTES): the summary and the UI show the tail of many dead jobs.
+MAX_OUTPUT_TAIL_CHARS = 8192
+# A reason is a sentence, not a log (and SQS message attributes are small).
+MAX_REASON_CHARS = 1000
+# Linux refuses an environment string or an argument of 128 KiB or more (MAX_ARG_STRLEN), and all of
+# them share one limit (ARG_MAX); a field whose value is longer than this goes in a file instead.
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_ARGUMENT_BYTES = 128 * 1024 - 1
 # The names the worker itself supplies to the command template; a job field may not shadow them.
 RESERVED_PLACEHOLDERS = frozenset({"input_dir", "output_dir", "job_id"})
 # Only fields named like this become `JOB_<NAME>` variables: other names are unusable in a shell, and
@@ -104,6 +113,8 @@ class WorkerSettings:
     download_list_field: str = "data_file"
     bucket_root: str = "/home/ubuntu/bucket"
     download_threads: int = 8
+    # False: the program's environment holds none of the worker's AWS keys.
+    pass_aws_credentials: bool = False
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -231,6 +242,7 @@ def settings_from_env(env: Mapping[str, str]) -> WorkerSettings:
         download_list_field=env.get("DISTRIBUTED_DOWNLOAD_LIST_FIELD", "").strip() or "data_file",
         bucket_root=_bucket_root(env),
         download_threads=_number(env, "DISTRIBUTED_DOWNLOAD_THREADS", 8, 1, 64),
+        pass_aws_credentials=_boolean(env, "DISTRIBUTED_PASS_AWS_CREDENTIALS", False),
     )
 
 
@@ -302,23 +314,44 @@ def render_command(template: str, job: JobMessage, input_dir: str, output_dir: s
     argv: list[str] = []
     for token in shlex.split(template):
         try:
-            argv.append(token.format(**values))
+            word = token.format(**values)
         except KeyError as exc:
             raise MissingPlaceholder(
                 f"the command uses placeholder {{{exc.args[0]}}}, which the job does not define"
             ) from None
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
             raise PermanentFailure(f"cannot render command word {token!r} for this job: {exc}") from None
+        size = len(word.encode("utf-8"))
+        if size > MAX_ARGUMENT_BYTES:
+            raise PermanentFailure(
+                f"command word {token!r} is {size} bytes for this job, over Linux's 128 KiB limit for one "
+                "argument: leave the field out of the command and read it in the program from the file "
+                "named by JOB_<FIELD>_FILE (worker/README.md)"
+            )
+        argv.append(word)
     return argv
 
 
-def job_environment(job: JobMessage) -> dict[str, str]:
-    """The job's scalar fields as `JOB_<FIELD>` variables, rendered like str.format renders them."""
-    return {
-        f"JOB_{name.upper()}": str(value)
-        for name, value in job.fields.items()
-        if isinstance(value, (str, int, float, bool)) and _ENV_NAME.match(name)
-    }
+def job_environment(job: JobMessage, files_dir: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The job's scalar fields as `JOB_<FIELD>` variables, rendered like str.format renders them.
+
+    Returns (variables, files). A value over MAX_ENV_VALUE_BYTES would make the program fail to start,
+    so it is a file to write instead, `<files_dir>/JOB_<FIELD>` (path -> content), named by the
+    variable `JOB_<FIELD>_FILE`.
+    """
+    variables: dict[str, str] = {}
+    files: dict[str, str] = {}
+    for name, value in job.fields.items():
+        if not (isinstance(value, (str, int, float, bool)) and _ENV_NAME.match(name)):
+            continue
+        variable, text = f"JOB_{name.upper()}", str(value)
+        if len(text.encode("utf-8")) <= MAX_ENV_VALUE_BYTES:
+            variables[variable] = text
+        else:
+            path = str(PurePosixPath(files_dir, variable))
+            files[path] = text
+            variables[f"{variable}_FILE"] = path
+    return variables, files
 
 
 def count_finished_outputs(objects: Iterable[tuple[str, int]], min_size_bytes: int, necessary_string: str) -> int:
@@ -418,15 +451,19 @@ def attempt_record(
     worker: str,
     failed_at: datetime,
 ) -> dict[str, Any]:
-    """The record of the latest failed attempt; `output_tail` keeps the last 20 output lines."""
-    tail = list(output_lines)[-OUTPUT_TAIL_LINES:]
+    """The record of one failed run; `output_tail` keeps the end of the last 20 output lines.
+
+    Both texts are bounded (MAX_REASON_CHARS, MAX_OUTPUT_TAIL_CHARS), so a record stays small
+    whatever the program printed.
+    """
+    tail = "\n".join(list(output_lines)[-OUTPUT_TAIL_LINES:])
     return {
         "job_id": job_id,
         "attempt": attempt,
         "permanent": permanent,
-        "reason": reason,
+        "reason": reason[:MAX_REASON_CHARS],
         "exit_code": exit_code,
-        "output_tail": "\n".join(tail),
+        "output_tail": tail[-MAX_OUTPUT_TAIL_CHARS:],
         "worker": worker,
         "failed_at": _utc_iso(failed_at),
     }

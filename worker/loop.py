@@ -25,6 +25,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.core import (
+    MAX_REASON_CHARS,
     JobMessage,
     MalformedJob,
     PermanentFailure,
@@ -46,7 +47,8 @@ from worker.core import (
 )
 from worker.inputs import DownloadFailed, fetch_inputs
 from worker.joblog import JobLogRouter
-from worker.program import Heartbeat, run_program
+from worker.output import secrets_in
+from worker.program import Heartbeat, program_environment, run_program
 from worker.protection import TaskProtection
 
 logger = logging.getLogger("worker")
@@ -59,8 +61,6 @@ QUEUE_COUNT_ATTRIBUTES = (
 )
 # An empty poll cycle takes at least this long, so a short poll (wait time 0) cannot spin.
 MIN_EMPTY_POLL_S = 1.0
-# SQS message attributes are small; a reason is a sentence, not a log.
-MAX_REASON_CHARS = 1000
 
 
 class TransientFailure(Exception):
@@ -133,6 +133,8 @@ class WorkerLoop:
         self.protection = protection or TaskProtection.from_environment(os.environ, self.log)
         # When the queue was first seen drained (monotonic time), for the idle exit.
         self._idle_since: float | None = None
+        # Masked in the program's output, whether or not the program gets them.
+        self.secrets = secrets_in(os.environ)
 
     def _job_log(self, job_id: str) -> logging.LoggerAdapter[Any]:
         return logging.LoggerAdapter(logger, {"worker": self.worker, "run_id": self.settings.run_id, "job_id": job_id})
@@ -275,6 +277,7 @@ class WorkerLoop:
             return "skipped"
         with job_directories(self.settings.work_dir) as (input_dir, output_dir, work_dir):
             argv = render_command(self.settings.command, job, str(input_dir), str(output_dir))
+            job_env = self._job_environment(job, work_dir)
             self._download_inputs(job, input_dir, log)
             if self.stop.is_set():
                 raise Interrupted
@@ -283,10 +286,15 @@ class WorkerLoop:
                 # scratch files go to a per-job TMPDIR that copies running side by side never share.
                 result = run_program(
                     argv,
-                    env={**os.environ, **job_environment(job), "TMPDIR": str(work_dir)},
+                    env=program_environment(
+                        os.environ,
+                        {**job_env, "TMPDIR": str(work_dir)},
+                        pass_aws_credentials=self.settings.pass_aws_credentials,
+                    ),
                     timeout_s=self.settings.job_timeout_s,
                     stop=self.stop,
                     log=log,
+                    secrets=self.secrets,
                 )
             except OSError as exc:
                 raise TransientFailure(f"could not start the program: {exc}") from None
@@ -298,6 +306,19 @@ class WorkerLoop:
                 raise TransientFailure(f"exit status {result.exit_code}", result.exit_code, result.output_tail)
             self._upload_outputs(job, output_dir, result.output_tail, log)
         return "succeeded"
+
+    @staticmethod
+    def _job_environment(job: JobMessage, work_dir: Path) -> dict[str, str]:
+        """The job's variables; fields too big for the environment are written to files beside."""
+        files_dir = work_dir.parent / "fields"
+        variables, files = job_environment(job, str(files_dir))
+        try:
+            for path, text in files.items():
+                files_dir.mkdir(exist_ok=True)
+                Path(path).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise TransientFailure(f"could not write the job's fields to {files_dir}: {exc}") from None
+        return variables
 
     def _list_outputs(self, job: JobMessage) -> Iterator[tuple[str, int]]:
         paginator = self.s3.get_paginator("list_objects_v2")

@@ -22,7 +22,10 @@ from typing import IO, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.core import OUTPUT_TAIL_LINES
+from worker.output import READ_CHUNK_BYTES, OutputLines
 
+# The variables that hold AWS keys; boto3 and the AWS CLI read them.
+AWS_KEY_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
 # How long a terminated program gets to exit before it is killed.
 TERMINATE_GRACE_S = 3.0
 # How often a waiting loop looks at the stop event and the job's deadline.
@@ -39,13 +42,33 @@ class ProgramResult:
     output_tail: tuple[str, ...]
 
 
-def _pump_output(stream: IO[bytes], tail: deque[str], log: logging.LoggerAdapter[Any]) -> None:
-    """Log every line of the program's output and keep the last few for the attempt record."""
+def _pump_output(stream: IO[bytes], lines: OutputLines, tail: deque[str], log: logging.LoggerAdapter[Any]) -> None:
+    """Log every line of the program's output and keep the last few for the attempt record.
+
+    Reads chunks as they come, never a whole line: a line is only as long as the program makes it.
+    """
     with stream:
-        for raw in stream:
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            tail.append(line)
-            log.info("| %s", line)
+        while True:
+            chunk = os.read(stream.fileno(), READ_CHUNK_BYTES)
+            for line in lines.feed(chunk) if chunk else lines.close():
+                tail.append(line)
+                log.info("| %s", line)
+            if not chunk:
+                return
+
+
+def program_environment(
+    worker_env: Mapping[str, str], job_env: Mapping[str, str], *, pass_aws_credentials: bool
+) -> dict[str, str]:
+    """The program's environment: the worker's own, without its AWS keys unless asked, plus the job's.
+
+    The worker needs keys to reach the queue where no role provides them (the local fleet, an
+    emulator); the program does not, and a program that prints its environment would otherwise put
+    them into logs and records. A task role (AWS_CONTAINER_CREDENTIALS_*) is no key and stays.
+    """
+    env = {name: value for name, value in worker_env.items() if pass_aws_credentials or name not in AWS_KEY_VARIABLES}
+    env.update(job_env)
+    return env
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
@@ -70,11 +93,13 @@ def run_program(
     timeout_s: float,
     stop: threading.Event,
     log: logging.LoggerAdapter[Any],
+    secrets: Sequence[str] = (),
 ) -> ProgramResult:
     """Run `argv` (no shell) to completion, until `timeout_s` (0: no limit), or until `stop` is set.
 
     The program gets its own session: a Ctrl-C at the terminal reaches the worker only, which then
-    terminates the program's whole process group itself. Raises OSError when it cannot start.
+    terminates the program's whole process group itself. Its output lines are cut at
+    MAX_LINE_BYTES and `secrets` masked in them. Raises OSError when it cannot start.
     """
     process = subprocess.Popen(
         list(argv),
@@ -86,7 +111,9 @@ def run_program(
     )
     assert process.stdout is not None  # stdout=PIPE
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
-    pump = threading.Thread(target=_pump_output, args=(process.stdout, tail, log), name="program-output", daemon=True)
+    pump = threading.Thread(
+        target=_pump_output, args=(process.stdout, OutputLines(secrets), tail, log), name="program-output", daemon=True
+    )
     pump.start()
     deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
     timed_out = interrupted = False

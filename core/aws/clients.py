@@ -76,6 +76,15 @@ class AwsClients:
             )
         return self._cache[service]
 
+    def secrets(self) -> tuple[str, ...]:
+        """The secret parts of the session's credentials (secret key, session token), to mask in
+        whatever the run shows; empty without credentials."""
+        credentials = self.session.get_credentials()
+        if credentials is None:
+            return ()
+        frozen = credentials.get_frozen_credentials()
+        return tuple(secret for secret in (frozen.secret_key, frozen.token) if secret)
+
 
 def check_endpoint(endpoint_url: str, setting: str, timeout_s: float = ENDPOINT_CHECK_TIMEOUT_S) -> None:
     """Raise ConfigError naming `setting` unless `endpoint_url` accepts a connection; one attempt, no retry."""

@@ -1,7 +1,8 @@
 """The `local` fleet: worker processes on this machine, running the very code the container runs.
 
 Each worker is `python -m worker` with the run's environment. Its pid and log live in a state
-folder per run (like dsub's local provider), so status and stop work from any process.
+folder per run (like dsub's local provider), so status and stop work from any process; stopping
+removes the folder once every worker is gone, unless fleet.keep_local_logs asks to keep it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 15.0
+# How long SIGKILLed workers get to be gone before their folder is removed.
+KILL_WAIT_S = 2.0
 
 
 def default_state_root() -> Path:
@@ -55,6 +59,16 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
+def _wait_for_exit(pids: list[int], timeout_s: float) -> list[int]:
+    """The pids still running after up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    pids = [pid for pid in pids if _is_running(pid)]
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = [pid for pid in pids if _is_running(pid)]
+    return pids
+
+
 class LocalFleet(ThisMachine):
     """Runs workers as processes on this machine; `credentials` is the AWS environment they get."""
 
@@ -64,11 +78,13 @@ class LocalFleet(ThisMachine):
         state_root: Path | None = None,
         workdir: Path | None = None,
         workers: int = 1,
+        keep_logs: bool = False,
     ) -> None:
         self._credentials = credentials
         self._state_root = state_root or default_state_root()
         self._workdir = workdir or Path.cwd()
         self._workers = workers
+        self._keep_logs = keep_logs
 
     def preflight(self) -> None:
         """Raises ConfigError when the workers' folder does not exist."""
@@ -83,7 +99,10 @@ class LocalFleet(ThisMachine):
             environment["AWS_ENDPOINT_URL"] = clients.endpoint_url
         if config is None:
             return cls(environment)
-        return cls(environment, workdir=config.fleet.local_workdir, workers=config.fleet.local_workers)
+        fleet = config.fleet
+        return cls(
+            environment, workdir=fleet.local_workdir, workers=fleet.local_workers, keep_logs=fleet.keep_local_logs
+        )
 
     def handle_for(self, run_id: str, workers: int = 0) -> FleetHandle:
         return FleetHandle(backend="local", id=str(self._state_root / run_id), workers=workers)
@@ -131,19 +150,29 @@ class LocalFleet(ThisMachine):
         )
 
     def status(self, handle: FleetHandle) -> FleetStatus:
-        return FleetStatus(target=handle.workers, running=sum(_is_running(pid) for pid in self._pids(handle)))
+        """Live workers; and once they are gone, the log folder when it is kept on purpose."""
+        running = sum(_is_running(pid) for pid in self._pids(handle))
+        state_dir = Path(handle.id)
+        kept = []
+        if self._keep_logs and not running and state_dir.is_dir():
+            kept.append(f"local fleet logs {state_dir} (fleet.keep_local_logs)")
+        return FleetStatus(target=handle.workers, running=running, kept=kept)
 
     def stop(self, handle: FleetHandle) -> None:
-        """SIGTERM (workers return their job to the queue), then SIGKILL after a grace period."""
+        """SIGTERM (workers return their job to the queue), then SIGKILL after a grace period; then the
+        folder of pid and log files goes too, unless kept by config or a worker outlived its SIGKILL."""
         pids = [pid for pid in self._pids(handle) if _is_running(pid)]
         for pid in pids:
             _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.1)
-            pids = [pid for pid in pids if _is_running(pid)]
+        pids = _wait_for_exit(pids, STOP_GRACE_S)
         for pid in pids:
             logger.warning("Worker %d did not stop within %.0f s; killing it", pid, STOP_GRACE_S)
             _signal(pid, signal.SIGKILL)
-        for path in Path(handle.id).glob("worker-*.pid"):
-            path.unlink()
+        if _wait_for_exit(pids, KILL_WAIT_S):
+            return  # status reports them, and a later stop tries again
+        state_dir = Path(handle.id)
+        if self._keep_logs:
+            for path in state_dir.glob("worker-*.pid"):
+                path.unlink()
+        else:
+            shutil.rmtree(state_dir, ignore_errors=True)
