@@ -462,7 +462,13 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> RunCon
 def load_config_file(path: Path) -> RunConfig:
     """Read a YAML (or JSON) config file; relative paths in it are relative to its folder."""
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (give a path to a YAML file or a saved block name)")
+        where = (
+            ""
+            if path.is_absolute()
+            else f" in {Path.cwd()} (a relative path is read from the working directory; a deployment's run "
+            "works in the folder `prefect deploy` ran in)"
+        )
+        raise ConfigError(f"config file {path} does not exist{where}; give a path to a YAML file or a saved block name")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -7,6 +7,9 @@ runs talk to the emulator. Then, in a second terminal:
     export PREFECT_API_URL=http://127.0.0.1:4200/api
     prefect deployment run distributed/run -p config=deployments/demo/config.yaml --watch
 
+It prints the lines to export for a program that runs the flow itself, against the same server and
+emulator (deployments/examples/).
+
 Ctrl-C stops everything, worker first (a worker whose server is gone hangs).
 """
 
@@ -29,6 +32,15 @@ from deployments.demo.data import CONFIG, upload_inputs  # noqa: E402
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 WORK_POOL = "distributed"
+# What a program outside the stack (the examples, a test) needs to use its server and its emulator.
+CLIENT_VARIABLES = (
+    "PREFECT_API_URL",
+    "PREFECT_HOME",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+)
 SERVER_STARTUP_S = 90.0
 
 
@@ -36,7 +48,7 @@ SERVER_STARTUP_S = 90.0
 class LocalStack:
     api_url: str
     aws_endpoint: str
-    environment: dict[str, str]  # what a client of this stack needs (PREFECT_API_URL, AWS_*)
+    environment: dict[str, str]  # what a client of this stack needs: PREFECT_API_URL, the emulator and its keys
 
 
 def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -92,7 +104,7 @@ def local_stack(home: Path, port: int = 4200) -> Iterator[LocalStack]:
         yield LocalStack(
             api_url=api_url,
             aws_endpoint=endpoint,
-            environment={k: environment[k] for k in ("PREFECT_API_URL", "PREFECT_HOME", "AWS_ENDPOINT_URL")},
+            environment={k: environment[k] for k in CLIENT_VARIABLES},
         )
 
 
@@ -100,11 +112,15 @@ def main() -> None:
     home = REPO / ".demo" / "local-stack"
     port = int(os.environ.get("DISTRIBUTED_PREFECT_PORT", "4200"))
     with local_stack(home, port) as stack:
+        exports = "".join(
+            f"  export {name}={stack.environment[name]}\n" for name in CLIENT_VARIABLES if name != "PREFECT_HOME"
+        )
         print(
             f"Prefect UI: http://127.0.0.1:{port}   AWS emulator: {stack.aws_endpoint}   logs: {home}\n"
-            "In another terminal:\n"
-            f"  export PREFECT_API_URL={stack.api_url}\n"
+            "In another terminal (the emulator accepts these keys):\n"
+            f"{exports}"
             f"  .venv/bin/prefect deployment run distributed/run -p config={CONFIG.relative_to(REPO)} --watch\n"
+            f"  .venv/bin/python deployments/examples/batch_as_subflow.py {CONFIG.relative_to(REPO)}\n"
             "Ctrl-C stops everything.",
             flush=True,
         )

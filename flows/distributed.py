@@ -210,7 +210,7 @@ def _final_state(
     and the run's page show, so they say how the run went (dead jobs, cancelled, how to go on)."""
     if cancelled is not None:
         if summary is None:
-            return Cancelled(message=f"Cancelled before its queues existed; nothing was created{_said(cancelled)}")
+            return Cancelled(message=f"Cancelled before its jobs were sent; cleaned up{_said(cancelled)}")
         return Cancelled(message=f"Cancelled: {summary.headline}. {how_to_go_on(summary)}", data=summary)
     if summary is None:
         raise DistributedError(f"Run {resources.run_id} finished but its summary could not be built; see the log")

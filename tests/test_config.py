@@ -64,6 +64,16 @@ def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
         load_config_file(tmp_path / "nope.yaml")
 
 
+def test_a_missing_relative_config_path_names_the_folder_it_was_looked_for_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        load_config_file(Path("configs/nope.yaml"))
+    assert str(error.value).startswith(f"config file configs/nope.yaml does not exist in {tmp_path} ")
+    assert "the folder `prefect deploy` ran in" in str(error.value)
+
+
 def test_invalid_yaml_is_reported_with_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("app_name: [unclosed\n")

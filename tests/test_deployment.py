@@ -58,16 +58,35 @@ def read_flow_run(stack: LocalStack, flow_run_id: str):
         return client.read_flow_run(flow_run_id)
 
 
-def read_artifacts(stack: LocalStack, flow_run_id: str) -> dict[str, object]:
+def all_artifacts(stack: LocalStack, flow_run_id: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
+        return client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-    return {artifact.key: artifact.data for artifact in artifacts if artifact.key}
+
+
+def read_artifacts(stack: LocalStack, flow_run_id: str) -> dict[str, object]:
+    return {artifact.key: artifact.data for artifact in all_artifacts(stack, flow_run_id) if artifact.key}
+
+
+def read_logs(stack: LocalStack, flow_run_id: str, last: str) -> list[str]:
+    """The run's log messages, once one containing `last` has arrived (logs are sent in batches)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + 60
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            messages = [log.message for log in logs]
+            if any(last in message for message in messages) or time.monotonic() > deadline:
+                return messages
+            time.sleep(1)
 
 
 def flow_run_id_of(output: str) -> str:
@@ -199,7 +218,7 @@ def wait_until_clean(stack: LocalStack, program: str) -> None:
         time.sleep(1)
 
 
-def test_cancelling_a_running_batch_cleans_everything_up(stack: LocalStack, tmp_path: Path) -> None:
+def test_cancelling_a_running_batch_cleans_up_once_and_says_how_to_go_on(stack: LocalStack, tmp_path: Path) -> None:
     program = f"slow-{uuid.uuid4().hex}"
     flow_run_id = start_slow_batch(stack, tmp_path, program)
     cancelled = cli(stack, "flow-run", "cancel", flow_run_id)
@@ -209,6 +228,22 @@ def test_cancelling_a_running_batch_cleans_everything_up(stack: LocalStack, tmp_
         assert time.monotonic() < deadline, "the run never reached Cancelled"
         time.sleep(1)
     wait_until_clean(stack, program)
+
+    state = read_flow_run(stack, flow_run_id).state
+    assert state.message.startswith("Cancelled: 0 of 4 succeeded, 4 unfinished."), state.message
+    assert f"-p resume_run_id={flow_run_id}" in state.message
+    artifacts = all_artifacts(stack, flow_run_id)
+    by_key = {artifact.key: artifact.data for artifact in artifacts if artifact.key}
+    assert "**The run stopped early:** cancelled" in str(by_key["run-summary"])
+    assert f"-p rerun_failed_from={flow_run_id}" in str(by_key["run-summary"])
+    rows = json.loads(by_key["jobs"]) if isinstance(by_key["jobs"], str) else by_key["jobs"]
+    assert sorted(json.loads(row["fields"])["n"] for row in rows if row["state"] == "unfinished") == [0, 1, 2, 3]
+    (progress,) = [artifact for artifact in artifacts if artifact.type == "progress"]
+    assert progress.description == "Cancelled: 0 of 4 succeeded, 4 unfinished"
+    logs = read_logs(stack, flow_run_id, last="had cleaned up after itself")
+    assert [m for m in logs if "is being cancelled" in m] and [m for m in logs if "had cleaned up after itself" in m]
+    assert not [m for m in logs if "Crash detected" in m or "TerminationSignal" in m], logs
+    assert len([m for m in logs if m.startswith("Cleanup of run")]) == 1, logs
 
 
 def test_a_run_whose_process_is_killed_is_cleaned_up_by_its_crash_hook(stack: LocalStack, tmp_path: Path) -> None:
@@ -226,9 +261,11 @@ def test_a_run_whose_process_is_killed_is_cleaned_up_by_its_crash_hook(stack: Lo
     wait_until_clean(stack, program)
 
 
-def test_another_flow_can_run_the_deployment_and_wait_for_it(stack: LocalStack) -> None:
+def run_example(stack: LocalStack, script: str) -> RunSummary:
+    """An example run as the README shows it: from the repository's root, with what `make serve` prints
+    to export; its last line is the RunSummary."""
     result = subprocess.run(
-        [sys.executable, "deployments/examples/trigger_deployment.py", DEMO_CONFIG],
+        [sys.executable, f"deployments/examples/{script}", DEMO_CONFIG],
         cwd=REPO,
         env={**os.environ, **stack.environment},
         capture_output=True,
@@ -237,7 +274,19 @@ def test_another_flow_can_run_the_deployment_and_wait_for_it(stack: LocalStack) 
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    batch_id = result.stdout.strip().splitlines()[-1]
-    batch = read_flow_run(stack, batch_id)
-    assert batch.state.is_completed()
+    return RunSummary.model_validate_json(result.stdout.strip().splitlines()[-1])
+
+
+def test_another_flow_can_run_the_deployment_wait_for_it_and_read_its_summary(stack: LocalStack) -> None:
+    summary = run_example(stack, "trigger_deployment.py")
+    # The demo's outputs exist from an earlier test: check-if-done skips those jobs.
+    assert (summary.total, summary.succeeded + summary.skipped, len(summary.failed)) == (100, 99, 1)
+    batch = read_flow_run(stack, summary.run_id)
+    assert batch.state.is_completed() and batch.state.name == "Completed with dead jobs"
     assert batch.parent_task_run_id is not None  # linked to the calling flow as a subflow
+
+
+def test_the_subflow_example_runs_against_the_emulator_of_make_serve(stack: LocalStack) -> None:
+    summary = run_example(stack, "batch_as_subflow.py")
+    assert (summary.total, summary.succeeded + summary.skipped, len(summary.failed)) == (100, 99, 1)
+    assert read_flow_run(stack, summary.run_id).parent_task_run_id is not None

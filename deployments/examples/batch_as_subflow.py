@@ -1,8 +1,15 @@
 """Example: call `distributed` from your own flow, as a subflow, and use its RunSummary.
 
-    python deployments/examples/batch_as_subflow.py deployments/demo/config.yaml
+The batch runs in this process, as a child flow run of `plate_pipeline`, so this process needs the
+AWS access the flow needs. For the demo config that is the AWS emulator of `make serve`, which
+prints the lines to export (its endpoint, its keys and the Prefect server) in its first terminal:
 
-The batch runs in this process, as a child flow run of `plate_pipeline`.
+    make serve                                   # terminal 1
+    export AWS_ENDPOINT_URL=http://127.0.0.1:... AWS_ACCESS_KEY_ID=demo ...   # terminal 2, as printed
+    .venv/bin/python deployments/examples/batch_as_subflow.py deployments/demo/config.yaml
+
+The last line printed is the batch's RunSummary as JSON. On AWS, your own credentials (an AWS
+profile, or the config's `aws_credentials` block) take the emulator's place.
 """
 
 from __future__ import annotations
