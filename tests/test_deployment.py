@@ -25,13 +25,15 @@ import yaml
 from core.emulator import free_port
 from core.models import RunSummary
 from deployments.local_stack import PREFECT, REPO, LocalStack, local_stack
+from tests.aws_calls import emulator_call_log
 
 DEMO_CONFIG = "deployments/demo/config.yaml"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with local_stack(tmp_path_factory.mktemp("stack"), port=free_port()) as running:
+    """The stack's emulator records its requests, so its workers' calls are checked against their policy."""
+    with local_stack(tmp_path_factory.mktemp("stack"), port=free_port(), call_log=emulator_call_log()) as running:
         yield running
 
 
@@ -75,7 +77,18 @@ def flow_run_id_of(output: str) -> str:
 
 def flow_run_processes(flow_run_id: str) -> list[int]:
     """Processes the Prefect worker started for a flow run (it passes the id in the environment)."""
-    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    return processes_with(f"PREFECT__FLOW_RUN_ID={flow_run_id}")
+
+
+def run_processes(run_id: str) -> list[int]:
+    """The run's worker processes and the programs they started (each inherits DISTRIBUTED_RUN_ID)."""
+    return processes_with(f"DISTRIBUTED_RUN_ID={run_id}")
+
+
+def processes_with(variable: str) -> list[int]:
+    """Processes whose environment holds `variable` (NAME=value): this test's own, found by the ids
+    it started, never by a name other tests' processes may share."""
+    marker = variable.encode()
     found = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
@@ -173,12 +186,16 @@ def start_slow_batch(stack: LocalStack, tmp_path: Path) -> str:
     while not any("slow-" in url for url in sqs.list_queues().get("QueueUrls", [])):
         assert time.monotonic() < deadline, "the batch never set up its queue"
         time.sleep(1)
-    time.sleep(3)  # let the workers take jobs
+    # The workers have taken jobs: both local workers and at least one of their programs are running.
+    while len(run_processes(flow_run_id)) < 3:
+        assert time.monotonic() < deadline, f"the run's workers never started a job: {run_processes(flow_run_id)}"
+        time.sleep(0.5)
     return flow_run_id
 
 
-def wait_until_clean(stack: LocalStack) -> None:
-    """The slow batch's queues are gone (another test's run may keep its dead-letter queue)."""
+def wait_until_clean(stack: LocalStack, flow_run_id: str) -> None:
+    """The slow batch's queues are gone (another test's run may keep its dead-letter queue), and so
+    are its workers and their programs (the run id is the flow run's id)."""
     sqs = aws(stack, "sqs")
     deadline = time.monotonic() + 60
 
@@ -188,8 +205,8 @@ def wait_until_clean(stack: LocalStack) -> None:
     while slow_queues():
         assert time.monotonic() < deadline, f"queues left: {slow_queues()}"
         time.sleep(1)
-    while subprocess.run(["pgrep", "-f", "time.sleep\\(300\\)"], capture_output=True, check=False).returncode == 0:
-        assert time.monotonic() < deadline, "a job's program is still running"
+    while run_processes(flow_run_id):
+        assert time.monotonic() < deadline, f"the run's workers or programs are still running: {run_processes(flow_run_id)}"
         time.sleep(1)
 
 
@@ -201,7 +218,7 @@ def test_cancelling_a_running_batch_cleans_everything_up(stack: LocalStack, tmp_
     while not read_flow_run(stack, flow_run_id).state.is_cancelled():
         assert time.monotonic() < deadline, "the run never reached Cancelled"
         time.sleep(1)
-    wait_until_clean(stack)
+    wait_until_clean(stack, flow_run_id)
 
 
 def test_a_run_whose_process_is_killed_is_cleaned_up_by_its_crash_hook(stack: LocalStack, tmp_path: Path) -> None:
@@ -215,7 +232,7 @@ def test_a_run_whose_process_is_killed_is_cleaned_up_by_its_crash_hook(stack: Lo
     while not read_flow_run(stack, flow_run_id).state.is_crashed():
         assert time.monotonic() < deadline, f"state: {read_flow_run(stack, flow_run_id).state}"
         time.sleep(1)
-    wait_until_clean(stack)
+    wait_until_clean(stack, flow_run_id)
 
 
 def test_another_flow_can_run_the_deployment_and_wait_for_it(stack: LocalStack) -> None:
