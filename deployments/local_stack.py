@@ -62,12 +62,13 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
 
 
 @contextmanager
-def local_stack(home: Path, port: int = 4200) -> Iterator[LocalStack]:
-    """Everything started, deployments registered; stopped again on exit."""
+def local_stack(home: Path, port: int = 4200, call_log: Path | None = None) -> Iterator[LocalStack]:
+    """Everything started, deployments registered; stopped again on exit. `call_log`: see
+    core.emulator.moto_server."""
     home.mkdir(parents=True, exist_ok=True)
     api_url = f"http://127.0.0.1:{port}/api"
     with ExitStack() as stack:
-        endpoint = stack.enter_context(emulator.moto_server(log_path=home / "emulator.log"))
+        endpoint = stack.enter_context(emulator.moto_server(log_path=home / "emulator.log", call_log=call_log))
         environment = {
             **os.environ,
             "PREFECT_HOME": str(home / "prefect"),

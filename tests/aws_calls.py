@@ -336,15 +336,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    if not hasattr(config, "workerinput"):  # the only process, or pytest-xdist's controller
-        config.stash[_PARTS] = Path(tempfile.mkdtemp(prefix="aws-calls-parts-"))
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """pytest-xdist, in the controller: tell each test process where to leave its recorded calls."""
-    node.workerinput[PARTS_INPUT] = str(node.config.stash[_PARTS])
+    config = node.config
+    if _PARTS not in config.stash:
+        config.stash[_PARTS] = Path(tempfile.mkdtemp(prefix="aws-calls-parts-"))
+    node.workerinput[PARTS_INPUT] = str(config.stash[_PARTS])
 
 
 def pytest_deselected(items: Sequence[pytest.Item]) -> None:
@@ -386,12 +384,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         part = Path(workerinput[PARTS_INPUT]) / f"{workerinput['workerid']}.json"
         part.write_text(json.dumps({"recorded": json.loads(_as_json(RECORDER.recorded())), "unreadable": unreadable}))
         return
-    parts = session.config.stash[_PARTS]
-    for part in sorted(parts.glob("*.json")):
-        handed = json.loads(part.read_text())
-        merge_recorded(RECORDER, handed["recorded"])
-        unreadable += handed["unreadable"]
-    shutil.rmtree(parts, ignore_errors=True)
+    parts = session.config.stash.get(_PARTS, None)  # only under pytest-xdist
+    if parts is not None:
+        for part in sorted(parts.glob("*.json")):
+            handed = json.loads(part.read_text())
+            merge_recorded(RECORDER, handed["recorded"])
+            unreadable += handed["unreadable"]
+        shutil.rmtree(parts, ignore_errors=True)
     recorded = RECORDER.recorded()
     iam_dir = session.config.getoption("--iam-policies")
     grants = load_grants(iam_dir)

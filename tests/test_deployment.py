@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import yaml
 from core.emulator import free_port
 from core.models import RunSummary
 from deployments.local_stack import PREFECT, REPO, LocalStack, local_stack
+from tests.aws_calls import emulator_call_log
 
 DEMO_CONFIG = "deployments/demo/config.yaml"
 # One Prefect server for the whole module: under pytest-xdist its tests go to the same worker.
@@ -34,7 +34,8 @@ pytestmark = pytest.mark.xdist_group("prefect-server")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with local_stack(tmp_path_factory.mktemp("stack"), port=free_port()) as running:
+    """The stack's emulator records its requests, so its workers' calls are checked against their policy."""
+    with local_stack(tmp_path_factory.mktemp("stack"), port=free_port(), call_log=emulator_call_log()) as running:
         yield running
 
 
@@ -97,7 +98,18 @@ def flow_run_id_of(output: str) -> str:
 
 def flow_run_processes(flow_run_id: str) -> list[int]:
     """Processes the Prefect worker started for a flow run (it passes the id in the environment)."""
-    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    return processes_with(f"PREFECT__FLOW_RUN_ID={flow_run_id}")
+
+
+def run_processes(run_id: str) -> list[int]:
+    """The run's worker processes and the programs they started (each inherits DISTRIBUTED_RUN_ID)."""
+    return processes_with(f"DISTRIBUTED_RUN_ID={run_id}")
+
+
+def processes_with(variable: str) -> list[int]:
+    """Processes whose environment holds `variable` (NAME=value): this test's own, found by the ids
+    it started, never by a name other tests' processes may share."""
+    marker = variable.encode()
     found = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
@@ -171,11 +183,8 @@ def test_a_number_given_as_config_fails_with_how_to_quote_it(stack: LocalStack) 
     assert "Quote it as a JSON string" in flow_run.state.message
 
 
-def start_slow_batch(stack: LocalStack, tmp_path: Path, program: str) -> str:
-    """A batch whose jobs sleep for minutes; returns its flow run id once its queue exists and jobs run.
-
-    `program` is a word on the job's command line, so `wait_until_clean` finds this batch's programs
-    and not another test's."""
+def start_slow_batch(stack: LocalStack, tmp_path: Path) -> str:
+    """A batch whose jobs sleep for minutes; returns its flow run id once its queue exists and jobs run."""
     (tmp_path / "jobs.json").write_text(json.dumps({"output": "slow/{n}", "groups": [{"n": n} for n in range(4)]}))
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -183,7 +192,7 @@ def start_slow_batch(stack: LocalStack, tmp_path: Path, program: str) -> str:
             {
                 "app_name": "slow",
                 "job_file": "jobs.json",
-                "command": f"{sys.executable} -c 'import time; time.sleep(300)' {program} {{n}}",
+                "command": f"{sys.executable} -c 'import time; time.sleep(300)' {{n}}",
                 "bucket": "distributed-demo",
                 "fleet": {"local_workers": 2},
                 "monitor": {"poll_interval_s": 1, "worker_wait_time_s": 1},
@@ -198,12 +207,16 @@ def start_slow_batch(stack: LocalStack, tmp_path: Path, program: str) -> str:
     while not any("slow-" in url for url in sqs.list_queues().get("QueueUrls", [])):
         assert time.monotonic() < deadline, "the batch never set up its queue"
         time.sleep(1)
-    time.sleep(3)  # let the workers take jobs
+    # The workers have taken jobs: both local workers and at least one of their programs are running.
+    while len(run_processes(flow_run_id)) < 3:
+        assert time.monotonic() < deadline, f"the run's workers never started a job: {run_processes(flow_run_id)}"
+        time.sleep(0.5)
     return flow_run_id
 
 
-def wait_until_clean(stack: LocalStack, program: str) -> None:
-    """The slow batch's queues are gone (another test's run may keep its dead-letter queue)."""
+def wait_until_clean(stack: LocalStack, flow_run_id: str) -> None:
+    """The slow batch's queues are gone (another test's run may keep its dead-letter queue), and so
+    are its workers and their programs (the run id is the flow run's id)."""
     sqs = aws(stack, "sqs")
     deadline = time.monotonic() + 60
 
@@ -213,21 +226,20 @@ def wait_until_clean(stack: LocalStack, program: str) -> None:
     while slow_queues():
         assert time.monotonic() < deadline, f"queues left: {slow_queues()}"
         time.sleep(1)
-    while subprocess.run(["pgrep", "-f", program], capture_output=True, check=False).returncode == 0:
-        assert time.monotonic() < deadline, "a job's program is still running"
+    while run_processes(flow_run_id):
+        assert time.monotonic() < deadline, f"the run's workers or programs are still running: {run_processes(flow_run_id)}"
         time.sleep(1)
 
 
 def test_cancelling_a_running_batch_cleans_up_once_and_says_how_to_go_on(stack: LocalStack, tmp_path: Path) -> None:
-    program = f"slow-{uuid.uuid4().hex}"
-    flow_run_id = start_slow_batch(stack, tmp_path, program)
+    flow_run_id = start_slow_batch(stack, tmp_path)
     cancelled = cli(stack, "flow-run", "cancel", flow_run_id)
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     deadline = time.monotonic() + 120
     while not read_flow_run(stack, flow_run_id).state.is_cancelled():
         assert time.monotonic() < deadline, "the run never reached Cancelled"
         time.sleep(1)
-    wait_until_clean(stack, program)
+    wait_until_clean(stack, flow_run_id)
 
     state = read_flow_run(stack, flow_run_id).state
     assert state.message.startswith("Cancelled: 0 of 4 succeeded, 4 unfinished."), state.message
@@ -247,8 +259,7 @@ def test_cancelling_a_running_batch_cleans_up_once_and_says_how_to_go_on(stack: 
 
 
 def test_a_run_whose_process_is_killed_is_cleaned_up_by_its_crash_hook(stack: LocalStack, tmp_path: Path) -> None:
-    program = f"slow-{uuid.uuid4().hex}"
-    flow_run_id = start_slow_batch(stack, tmp_path, program)
+    flow_run_id = start_slow_batch(stack, tmp_path)
     # The flow run's own process (the Prefect worker's child) dies at once, with no chance to clean up.
     processes = flow_run_processes(flow_run_id)
     assert processes, "found no process for the flow run"
@@ -258,7 +269,7 @@ def test_a_run_whose_process_is_killed_is_cleaned_up_by_its_crash_hook(stack: Lo
     while not read_flow_run(stack, flow_run_id).state.is_crashed():
         assert time.monotonic() < deadline, f"state: {read_flow_run(stack, flow_run_id).state}"
         time.sleep(1)
-    wait_until_clean(stack, program)
+    wait_until_clean(stack, flow_run_id)
 
 
 def run_example(stack: LocalStack, script: str) -> RunSummary:

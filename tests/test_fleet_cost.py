@@ -48,7 +48,13 @@ def test_the_cost_so_far_counts_the_runs_machines_and_the_status_shows_them(tmp_
     spent = fleet.cost(handle)
     status = fleet.status(handle)
 
-    assert spent.machines == 2 and spent.total_usd is not None and spent.total_usd >= 0
+    # Two machines launched moments ago, at moto's one price in every zone: their hours times that price.
+    price = moto_price("m5.xlarge")
+    assert spent.machines == 2 and spent.prices_at == "launch"
+    assert spent.instance_hours > 0  # launched within this test, counted up to now
+    assert spent.total_usd == pytest.approx(spent.instance_hours * price)
+    [row] = spent.by_type
+    assert (row.instance_type, row.machines, row.hours) == ("m5.xlarge", 2, pytest.approx(spent.instance_hours))
     assert (status.machines_target, status.machines_running) == (2, 2)
 
 
@@ -61,10 +67,16 @@ def test_the_budget_stops_the_run_once_the_machines_have_cost_it(tmp_path: Path)
         _FleetGuard(config, fleet, handle, LOGGER).check()
 
 
-def test_a_budget_not_reached_lets_the_run_go_on(tmp_path: Path) -> None:
+def test_a_budget_not_reached_lets_the_run_go_on_with_its_fleet_untouched(tmp_path: Path) -> None:
     fleet = backend(settings(tmp_path, machine_types=("m5.xlarge",)))
     handle = start(fleet)
-    _FleetGuard(_config(tmp_path, budget_usd=1000.0), fleet, handle, LOGGER).check()
+    budget_usd = 1000.0
+
+    _FleetGuard(_config(tmp_path, budget_usd=budget_usd), fleet, handle, LOGGER).check()  # raises nothing
+
+    assert fleet.cost(handle).total_usd < budget_usd
+    status = fleet.status(handle)
+    assert (status.machines_target, status.machines_running) == (2, 2)
 
 
 def test_cheapest_mode_holds_the_fleet_at_one_machine_without_terminating_any(tmp_path: Path) -> None:
