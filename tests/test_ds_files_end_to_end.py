@@ -32,10 +32,7 @@ if len(sys.argv) > 2:
 (out / "Nuclei.csv").write_text(os.environ.get("JOB_METADATA", "no metadata") + "\\n")
 """
 
-pytestmark = [
-    pytest.mark.usefixtures("prefect_api"),
-    pytest.mark.skipif(not DS_FILES.is_dir(), reason=f"{DS_FILES} is not beside the repository"),
-]
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def write_config(tmp_path: Path, job_file: str, arguments: str, **overrides: object) -> str:
