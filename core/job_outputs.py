@@ -5,7 +5,8 @@ Every job writes under an S3 prefix of its own. Distributed-Something's job file
 names (CellProfiler's `Image.csv`), jobs would overwrite each other's results, and check-if-done
 would skip jobs that never ran. So:
 
-- an `output` with `{placeholders}`, or one written in the group itself, is the job's prefix, filled in;
+- an `output` with `{placeholders}`, or one written in the group itself, is the job's prefix, filled
+  in, unless the job has `Metadata`: DCP always adds its sub-folder, and so does this;
 - otherwise (one `output` for every job, the config's `jobs.output`, or the app name) it is a
   folder, and each job gets a sub-folder of its own below it, named as Distributed-CellProfiler's
   worker (`cp-worker.py`) names it: `output_structure` with each Metadata name replaced by its

@@ -18,7 +18,8 @@ from tests.test_flow_end_to_end import BUCKET, aws, run_flow, write_batch  # noq
 DS_FILES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ds-files"
 ROOT = "/home/ubuntu/bucket"
 
-# Writes what it was given (its JOB_ variables, and the images its LoadData CSV points at) to fixed names.
+# Writes what it was given to fixed names: its JOB_ variables and the images its LoadData CSV points
+# at (Image.csv), its Metadata (Nuclei.csv), and the files of its input directory (Experiment.csv).
 PROGRAM = """
 import csv, os, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -28,14 +29,14 @@ if len(sys.argv) > 2:
     with open(sys.argv[2], newline="") as handle:
         for row in csv.DictReader(handle):
             lines.append(pathlib.Path(row["PathName_DNA"], row["FileName_DNA"]).read_text())
+    inputs = pathlib.Path(sys.argv[3])
+    files = sorted(path.relative_to(inputs).as_posix() for path in inputs.rglob("*") if path.is_file())
+    (out / "Experiment.csv").write_text("\\n".join(files) + "\\n")
 (out / "Image.csv").write_text("\\n".join(lines) + "\\n")
 (out / "Nuclei.csv").write_text(os.environ.get("JOB_METADATA", "no metadata") + "\\n")
 """
 
-pytestmark = [
-    pytest.mark.usefixtures("prefect_api"),
-    pytest.mark.skipif(not DS_FILES.is_dir(), reason=f"{DS_FILES} is not beside the repository"),
-]
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def write_config(tmp_path: Path, job_file: str, arguments: str, **overrides: object) -> str:
@@ -62,8 +63,9 @@ def test_dcps_example_job_file_runs_unchanged_with_download_files_and_loses_no_r
     config = write_config(
         tmp_path,
         "dcp/example_project_CPG_job.json",
-        "{output_dir} {input_dir}/{data_file} -g {Metadata}",
+        "{output_dir} {input_dir}/{data_file} {input_dir} -g {Metadata}",
         download_files={"enabled": True},
+        jobs={"inputs": ["{input}"]},  # DCP's input folder, downloaded whole: the pipeline is in it
     )
     s3 = boto3.client("s3")
     sites = [("A01", "1"), ("A01", "2"), ("A02", "1")]
@@ -72,13 +74,14 @@ def test_dcps_example_job_file_runs_unchanged_with_download_files_and_loses_no_r
         rows.append(f"{well},{site},{well}_s{site}.tif,{ROOT}/demo_project_folder/images")
         s3.put_object(Bucket=BUCKET, Key=f"demo_project_folder/images/{well}_s{site}.tif", Body=f"pixels {well} {site}")
     s3.put_object(Bucket=BUCKET, Key="demo_project_folder/workspace/load_data.csv", Body="\n".join(rows) + "\n")
+    s3.put_object(Bucket=BUCKET, Key="demo_project_folder/workspace/ExampleCPG.cppipe", Body=b"pipeline")
 
     summary = run_flow(config)
 
     assert (summary.total, summary.succeeded, summary.skipped, summary.failed) == (3, 3, 0, [])
     found = outputs()
     results = {key: text for key, text in found.items() if key.startswith("demo_project_folder/output/")}
-    names = ("Image.csv", "Nuclei.csv")
+    names = ("Experiment.csv", "Image.csv", "Nuclei.csv")
     expected = [f"demo_project_folder/output/{well}-{site}/{name}" for well, site in sites for name in names]
     assert sorted(results) == expected
     for well, site in sites:
@@ -87,6 +90,11 @@ def test_dcps_example_job_file_runs_unchanged_with_download_files_and_loses_no_r
         assert image.endswith(f"pixels {well} {site}\n")  # only the job's own row, read from the local copy
         nuclei = results[f"demo_project_folder/output/{well}-{site}/Nuclei.csv"]
         assert nuclei == f"Metadata_Well={well},Metadata_Site={site}\n"
+        assert results[f"demo_project_folder/output/{well}-{site}/Experiment.csv"].splitlines() == [
+            f"demo_project_folder/images/{well}_s{site}.tif",
+            "demo_project_folder/workspace/ExampleCPG.cppipe",
+            "demo_project_folder/workspace/load_data.csv",
+        ]
 
 
 def test_distributed_somethings_example_job_file_runs_unchanged_and_a_rerun_skips_only_finished_jobs(

@@ -18,8 +18,6 @@ DCP_COMMAND = (
     "cellprofiler -c -r -p {input_dir}/{pipeline} -o {output_dir} --data-file={input_dir}/{data_file} -g {Metadata}"
 )
 
-pytestmark = pytest.mark.skipif(not DS_FILES.is_dir(), reason=f"{DS_FILES} is not beside the repository")
-
 
 def jobs_of(name: str, command: str, app_name: str = "ds") -> list[Job]:
     """The file's jobs as a run with this config would read them, after the whole-file check."""

@@ -130,6 +130,15 @@ def test_a_csv_path_outside_the_bucket_root_is_refused_naming_the_setting(s3, tm
         fetch_inputs(s3, settings(download_files=True), job(data_file="l.csv"), tmp_path)
 
 
+def test_a_malformed_csv_fails_the_job_permanently_with_the_reason(s3, tmp_path: Path) -> None:
+    s3.put_object(Bucket=BUCKET, Key="l.csv", Body="FileName_DNA,PathName_DNA\na.tif,/home/ubuntu/bucket/x,extra\n")
+    with pytest.raises(PermanentFailure, match="l.csv line 2 has not as many cells as its header has columns"):
+        fetch_inputs(s3, settings(download_files=True), job(data_file="l.csv"), tmp_path)
+    s3.put_object(Bucket=BUCKET, Key="binary.csv", Body=b"\xff\xfe\x00")
+    with pytest.raises(PermanentFailure, match="cannot read binary.csv as a LoadData CSV or file list"):
+        fetch_inputs(s3, settings(download_files=True), job(data_file="binary.csv"), tmp_path)
+
+
 def test_a_listed_image_that_is_missing_fails_the_job_permanently(s3, tmp_path: Path) -> None:
     put_plate(s3, [row("P1", "A01")])
     s3.delete_object(Bucket=BUCKET, Key="project/images/P1/A01_rna.tif")

@@ -50,7 +50,10 @@ def fetch_inputs(s3: Any, settings: WorkerSettings, job: JobMessage, input_dir: 
     if settings.download_files:
         list_key = _list_key(job, settings.download_list_field)
         _download_all(s3, bucket, [list_key], input_dir, threads=1)
-        keys += localise_list(input_dir / list_key, job.fields.get("Metadata"), settings.bucket_root, input_dir)
+        try:
+            keys += localise_list(input_dir / list_key, job.fields.get("Metadata"), settings.bucket_root, input_dir)
+        except (csv.Error, ValueError) as exc:  # not text, or not CSV (UnicodeDecodeError is a ValueError)
+            raise PermanentFailure(f"cannot read {list_key} as a LoadData CSV or file list: {exc!r}") from None
         fetched.append(list_key)  # rewritten now: never downloaded again over the local copy
     unique = [key for key in dict.fromkeys(keys) if key not in fetched]
     _download_all(s3, bucket, unique, input_dir, settings.download_threads)
@@ -110,13 +113,13 @@ def localise_list(path: Path, metadata: Any, bucket_root: str, input_dir: Path) 
     """
     local_root = str(input_dir).rstrip("/")
     if path.suffix.lower() == ".txt":
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         keys = [_bucket_key(line, bucket_root, path.name) for line in lines]
-        path.write_text("".join(line.replace(bucket_root, local_root) + "\n" for line in lines))
+        path.write_text("".join(line.replace(bucket_root, local_root) + "\n" for line in lines), encoding="utf-8")
         return keys
     if path.suffix.lower() != ".csv":
         raise PermanentFailure(f"DOWNLOAD_FILES reads a .csv (LoadData) or .txt (file list) file, not {path.name}")
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         columns = list(reader.fieldnames or [])
         rows = _matching_rows(reader, _metadata_filter(metadata), columns, path.name)
@@ -127,7 +130,7 @@ def localise_list(path: Path, metadata: Any, bucket_root: str, input_dir: Path) 
         for row in rows:
             full = f"{row[_PATH_NAME + channel].rstrip('/')}/{row[_FILE_NAME + channel]}"
             keys.append(_bucket_key(full, bucket_root, path.name))
-    with path.open("w", newline="") as handle:
+    with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows({name: value.replace(bucket_root, local_root) for name, value in row.items()} for row in rows)
@@ -148,7 +151,12 @@ def _matching_rows(
     absent = [column for column in wanted if column not in columns]
     if absent:
         raise PermanentFailure(f"{name} has no column {absent[0]}, which the job's Metadata filters on")
-    rows = [row for row in reader if all(row[column] == value for column, value in wanted.items())]
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        if None in row or None in row.values():
+            raise PermanentFailure(f"{name} line {line} has not as many cells as its header has columns")
+        if all(row[column] == value for column, value in wanted.items()):
+            rows.append(row)
     if not rows:
         described = ",".join(f"{column}={value}" for column, value in wanted.items())
         raise PermanentFailure(f"no row of {name} matches the job's Metadata {described}; check the Metadata")
