@@ -5,7 +5,8 @@ Half of Distributed-Something's troubleshooting pages are such mistakes, met onl
 paid for: a role ARN where an instance profile ARN belongs, a subnet of another region, a security
 group of another VPC, machines that cannot reach ECS, containers larger than the machine, a bucket
 policy that stops the log export. Each check adds rows (ok, warning or problem); a check that these
-credentials may not make is a warning, not a crash.
+credentials may not make is a warning, not a crash. The network rows are in
+core/preflight_network.py, the rows and the report in core/preflight_rows.py.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Any
 
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field
 
 from core.aws import ec2 as ec2_api
 from core.aws import iam as iam_api
@@ -27,73 +27,23 @@ from core.aws.sts import Identity, caller_identity
 from core.config import RunConfig
 from core.errors import ConfigError
 from core.fleets import spot_fleet
-from core.fleets.spot_fleet import (
+from core.fleets.fleet_file import (
     INSTANCE_PROFILE_ARN,
-    MACHINE_SIZES,
+    KEY_PLACEHOLDER,
     ROLE_ARN,
-    SpotFleetSettings,
     fleet_file_problems,
     read_fleet_file,
-    validate_spot_fleet,
 )
+from core.fleets.spot_fleet import MACHINE_SIZES, SpotFleetSettings, validate_spot_fleet
 from core.models import TAG_APP
+from core.preflight_network import NetworkChecks
+from core.preflight_rows import CheckRow, PreflightReport, row_ok, row_problem, row_warning
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["ok", "warning", "problem"]
 BOOTSTRAP = "run the bootstrap (prefect deployment run distributed/bootstrap -p config=...)"
 DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"})
-# What a machine in a subnet without a route to the internet needs: ECS for the agent, and the
-# services the worker calls (S3 through a gateway endpoint, SQS and CloudWatch Logs interfaces).
-ENDPOINT_SERVICES = ("ecs", "ecs-agent", "ecs-telemetry", "sqs", "s3", "logs")
 EXPORT_TEST_KEY = "runs/<run id>/logs/aws-logs-write-test"
-
-
-class CheckRow(BaseModel):
-    """One line of the report."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    check: str = Field(description="What was checked, e.g. 'instance profile'.")
-    status: Status
-    detail: str = Field(description="What was found.")
-    fix: str = Field(default="", description="What to do about it; empty when ok.")
-
-
-class PreflightReport(BaseModel):
-    """Every check's rows, in the order they ran."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    rows: list[CheckRow]
-
-    @property
-    def problems(self) -> list[CheckRow]:
-        return [row for row in self.rows if row.status == "problem"]
-
-    @property
-    def warnings(self) -> list[CheckRow]:
-        return [row for row in self.rows if row.status == "warning"]
-
-    def raise_for_problems(self) -> None:
-        """Raise ConfigError listing every problem with its fix; nothing when there is none."""
-        if self.problems:
-            raise ConfigError(
-                f"Preflight found {len(self.problems)} problem(s); nothing was created:\n"
-                + "\n".join(f"  - {row.check}: {row.detail}\n    fix: {row.fix}" for row in self.problems)
-            )
-
-
-def _ok(check: str, detail: str) -> CheckRow:
-    return CheckRow(check=check, status="ok", detail=detail)
-
-
-def _problem(check: str, detail: str, fix: str) -> CheckRow:
-    return CheckRow(check=check, status="problem", detail=detail, fix=fix)
-
-
-def _warning(check: str, detail: str, fix: str) -> CheckRow:
-    return CheckRow(check=check, status="warning", detail=detail, fix=fix)
 
 
 def _guarded(check: str, run: Callable[[], list[CheckRow]]) -> list[CheckRow]:
@@ -105,7 +55,7 @@ def _guarded(check: str, run: Callable[[], list[CheckRow]]) -> list[CheckRow]:
             raise
         operation = getattr(exc, "operation_name", "the call")
         return [
-            _warning(
+            row_warning(
                 check,
                 f"not checked: these credentials may not call {operation}",
                 "grant the read-only calls preflight makes, or check this by hand",
@@ -144,7 +94,7 @@ def _bucket_rows(s3_client: BaseClient, config: RunConfig) -> list[CheckRow]:
             s3.check_bucket(s3_client, bucket, setting)
         except ConfigError as exc:
             rows.append(
-                _problem(
+                row_problem(
                     "bucket",
                     str(exc),
                     f"create it in {config.region} (aws s3 mb s3://{bucket} --region {config.region}) or correct "
@@ -152,7 +102,7 @@ def _bucket_rows(s3_client: BaseClient, config: RunConfig) -> list[CheckRow]:
                 )
             )
         else:
-            rows.append(_ok("bucket", f"s3://{bucket} ({setting}) exists"))
+            rows.append(row_ok("bucket", f"s3://{bucket} ({setting}) exists"))
     return rows
 
 
@@ -163,12 +113,12 @@ def _queue_rows(sqs_client: BaseClient, config: RunConfig) -> list[CheckRow]:
     for name in config.queue_names(run_id=""):
         url = sqs.queue_url(sqs_client, name)
         if url is None:
-            rows.append(_ok("queue name", f"queue {name} is free"))
+            rows.append(row_ok("queue name", f"queue {name} is free"))
         elif any(found == url for found, _ in sqs.tagged_queues(sqs_client, name, {TAG_APP: config.app_name})):
-            rows.append(_ok("queue name", f"queue {name} is tagged {TAG_APP}={config.app_name}; the run reuses it"))
+            rows.append(row_ok("queue name", f"queue {name} is tagged {TAG_APP}={config.app_name}; the run reuses it"))
         else:
             rows.append(
-                _problem(
+                row_problem(
                     "queue name",
                     f"queue {name} exists and is not tagged {TAG_APP}={config.app_name}: another app's queue",
                     "choose another queue.name (or dead_letter_queue_name), or leave them unset for names of "
@@ -192,7 +142,6 @@ class _Fleet:
             [spec for spec in specs if isinstance(spec, dict)] if isinstance(specs, list) else []
         )
         self.spec: dict[str, Any] = self.specs[0] if self.specs else {}
-        self.interface: dict[str, Any] = (self.spec.get("NetworkInterfaces") or [{}])[0]
         self.ec2 = clients.client("ec2")
         self.iam = clients.client("iam")
         self.s3 = clients.client("s3")
@@ -207,7 +156,7 @@ class _Fleet:
         account = iam_api.account_from_arn(arn)
         if account != identity.account:
             return [
-                _problem(
+                row_problem(
                     check,
                     f"{arn} is in account {account}; these credentials are account {identity.account}",
                     f"use a role of account {identity.account}; {fix}",
@@ -216,17 +165,17 @@ class _Fleet:
         name = iam_api.name_from_arn(arn)
         role = iam_api.get_role(self.iam, name)
         if role is None:
-            return [_problem(check, f"{arn}: there is no role {name} in account {account}", fix)]
+            return [row_problem(check, f"{arn}: there is no role {name} in account {account}", fix)]
         trusted = iam_api.trusted_services(role)
         if service not in trusted:
             return [
-                _problem(
+                row_problem(
                     check,
                     f"role {name} is not trusted by {service} (trusted by: {', '.join(sorted(trusted)) or 'none'})",
                     f"add {service} to the role's trust policy, or {fix}",
                 )
             ]
-        return [_ok(check, f"role {name} exists and trusts {service}")]
+        return [row_ok(check, f"role {name} exists and trusts {service}")]
 
     def fleet_role(self, identity: Identity) -> list[CheckRow]:
         arn = str(self.fleet_file.get("IamFleetRole", ""))
@@ -244,7 +193,7 @@ class _Fleet:
         arn = self.config.fleet.task_role_arn
         if arn is None:
             return [
-                _warning(
+                row_warning(
                     "task role",
                     "fleet.task_role_arn is not set: the worker containers get no role of their own, so their "
                     "calls to SQS and S3 fail unless the machines' instance role grants them",
@@ -274,7 +223,7 @@ class _Fleet:
         profile = iam_api.get_instance_profile(self.iam, name)
         if profile is None:
             return [
-                _problem(
+                row_problem(
                     "instance profile",
                     f"there is no instance profile {name} in account {identity.account}",
                     f"{BOOTSTRAP} and set {field} to the instance profile ARN it prints",
@@ -283,7 +232,7 @@ class _Fleet:
         roles = profile.get("Roles", [])
         if not roles:
             return [
-                _problem(
+                row_problem(
                     "instance profile",
                     f"instance profile {name} holds no role: the machines get no credentials and never join ECS",
                     f"aws iam add-role-to-instance-profile --instance-profile-name {name} --role-name "
@@ -293,13 +242,13 @@ class _Fleet:
         role = roles[0]
         if "ec2.amazonaws.com" not in iam_api.trusted_services(role):
             return [
-                _problem(
+                row_problem(
                     "instance profile",
                     f"the role {role['RoleName']} of instance profile {name} is not trusted by ec2.amazonaws.com",
                     f"use a role trusted by EC2 with AmazonEC2ContainerServiceforEC2Role, or {BOOTSTRAP}",
                 )
             ]
-        return [_ok("instance profile", f"instance profile {name} holds role {role['RoleName']}")]
+        return [row_ok("instance profile", f"instance profile {name} holds role {role['RoleName']}")]
 
     def _role_as_profile(self, arn: str, field: str, identity: Identity) -> CheckRow:
         """A role ARN where an instance profile ARN belongs: EC2's 'Linux/UNIX: Value (...) for parameter
@@ -321,134 +270,21 @@ class _Fleet:
         else:
             detail += f", and there is no role {name} either"
             fix = f"{BOOTSTRAP} and set {field} to the instance profile ARN it prints"
-        return _problem("instance profile", detail, fix)
-
-    # --- network -----------------------------------------------------------------------------
+        return row_problem("instance profile", detail, fix)
 
     def network(self) -> list[CheckRow]:
-        """Every subnet of every launch specification, and the security groups: against the subnet's VPC
-        when it is found, and for existence in the region when none is. Placeholders and malformed ids
-        are left to the fleet-file rows, so a placeholder is not blamed on the region."""
-        subnet_ids = list(
-            dict.fromkeys(
-                subnet
-                for spec in self.specs
-                for subnet in ec2_api.spec_subnets(spec)
-                if spot_fleet.SUBNET_ID.match(subnet)
-            )
-        )
-        rows: list[CheckRow] = []
-        found_any = False
-        for subnet_id in subnet_ids:
-            found = network.subnet(self.ec2, subnet_id)
-            if found is None:
-                rows.append(
-                    _problem(
-                        "subnet",
-                        f"subnet {subnet_id} does not exist in {self.region}; a subnet belongs to one region, so one "
-                        "from another region is not found here",
-                        f"use a subnet of {self.region} (aws ec2 describe-subnets --region {self.region}), or set "
-                        "region to the subnet's region",
-                    )
-                )
-                continue
-            found_any = True
-            rows.append(_ok("subnet", f"subnet {subnet_id} in {found['VpcId']}, {found['AvailabilityZone']}"))
-            rows += self._security_groups(found)
-            rows.append(self._reach(found))
-        if not found_any:
-            rows += self._security_groups(None)
-        return list(dict.fromkeys(rows))
-
-    def _security_groups(self, found_subnet: dict[str, Any] | None) -> list[CheckRow]:
-        group_ids = [group["GroupId"] for group in self.spec.get("SecurityGroups", [])] or list(
-            self.interface.get("Groups", [])
-        )
-        vpc = found_subnet["VpcId"] if found_subnet else None
-        filters = f" --filters Name=vpc-id,Values={vpc}" if vpc else ""
-        look_up = f"aws ec2 describe-security-groups{filters} --region {self.region}"
-        where = vpc or "the subnet's VPC"
-        rows = []
-        for group_id in filter(spot_fleet.GROUP_ID.match, group_ids):
-            group = network.security_group(self.ec2, group_id)
-            if group is None:
-                rows.append(
-                    _problem(
-                        "security group",
-                        f"security group {group_id} does not exist in {self.region}",
-                        f"use a security group of {where} ({look_up})",
-                    )
-                )
-            elif vpc is None:
-                rows.append(
-                    _ok(
-                        "security group",
-                        f"security group {group_id} exists in {self.region}, in {group['VpcId']} (no subnet was "
-                        "found to check it against)",
-                    )
-                )
-            elif group["VpcId"] != vpc:
-                rows.append(
-                    _problem(
-                        "security group",
-                        f"security group {group_id} is in {group['VpcId']}, the subnet "
-                        f"{found_subnet['SubnetId']} in {vpc}",
-                        f"use a security group of {vpc}, or a subnet of {group['VpcId']}",
-                    )
-                )
-            else:
-                rows.append(_ok("security group", f"security group {group_id} is in the subnet's VPC {vpc}"))
-        return rows
-
-    def _reach(self, found_subnet: dict[str, Any]) -> CheckRow:
-        """Machines reach ECS (and SQS, S3, CloudWatch Logs) with a public IP and a route to an internet
-        gateway, through a NAT gateway, or through VPC endpoints."""
-        subnet_id, vpc = found_subnet["SubnetId"], found_subnet["VpcId"]
-        public_ip = bool(self.interface.get("AssociatePublicIpAddress", found_subnet.get("MapPublicIpOnLaunch")))
-        table = network.route_table(self.ec2, found_subnet)
-        routes = network.default_routes(table) if table else []
-        gateway = next((r["GatewayId"] for r in routes if str(r.get("GatewayId", "")).startswith("igw-")), None)
-        nat = next((r["NatGatewayId"] for r in routes if r.get("NatGatewayId")), None)
-        check = "network path to ECS"
-        if public_ip and gateway:
-            return _ok(check, f"subnet {subnet_id}: public IP and a route to internet gateway {gateway}")
-        if nat:
-            return _ok(check, f"subnet {subnet_id}: route to NAT gateway {nat}")
-        present = network.endpoint_services(self.ec2, vpc)
-        missing = [s for s in ENDPOINT_SERVICES if f"com.amazonaws.{self.region}.{s}" not in present]
-        if not missing:
-            return _ok(check, f"subnet {subnet_id}: VPC endpoints for {', '.join(ENDPOINT_SERVICES)}")
-        detail = (
-            f"machines in subnet {subnet_id} cannot reach ECS: "
-            + ("a public IP, " if public_ip else "no public IP, ")
-            + (f"a route to internet gateway {gateway}, " if gateway else "no route to an internet gateway, ")
-            + f"no NAT route, no VPC endpoints for {', '.join(missing)}; they would run, paid, without joining "
-            "the cluster"
-        )
-        if gateway:
-            fix = (
-                'set "AssociatePublicIpAddress": true in LaunchSpecifications[0].NetworkInterfaces[0] of the fleet '
-                f"file (the subnet routes to {gateway})"
-            )
-        elif public_ip:
-            fix = f"add a route 0.0.0.0/0 to an internet gateway of {vpc} to the subnet's route table, or use another"
-        else:
-            fix = (
-                "use a public subnet with AssociatePublicIpAddress true, or add a NAT gateway route, or VPC "
-                f"endpoints for {', '.join(missing)} (and ecr.api, ecr.dkr for an image in ECR) in {vpc}"
-            )
-        return _problem(check, detail, fix)
+        return NetworkChecks(self.ec2, self.region, self.specs).rows()
 
     # --- the rest of the launch specification ------------------------------------------------
 
     def key_pair(self) -> list[CheckRow]:
         name = self.spec.get("KeyName")
-        if not name or spot_fleet.KEY_PLACEHOLDER.match(str(name)):
+        if not name or KEY_PLACEHOLDER.match(str(name)):
             return []  # a placeholder: fleet_file_problems reports it
         if network.key_pair_exists(self.ec2, name):
-            return [_ok("key pair", f"key pair {name} exists in {self.region}")]
+            return [row_ok("key pair", f"key pair {name} exists in {self.region}")]
         return [
-            _problem(
+            row_problem(
                 "key pair",
                 f"key pair {name} does not exist in {self.region} (key pairs are per region; KeyName is the name "
                 "without .pem)",
@@ -459,11 +295,11 @@ class _Fleet:
     def image(self) -> list[CheckRow]:
         image_id = self.spec.get("ImageId")
         if not image_id:
-            return [_ok("machine image", "no ImageId: the region's current ECS-optimized AMI is used")]
+            return [row_ok("machine image", "no ImageId: the region's current ECS-optimized AMI is used")]
         if network.image_exists(self.ec2, image_id):
-            return [_ok("machine image", f"image {image_id} exists in {self.region}")]
+            return [row_ok("machine image", f"image {image_id} exists in {self.region}")]
         return [
-            _problem(
+            row_problem(
                 "machine image",
                 f"image {image_id} does not exist in {self.region} (AMI ids are per region)",
                 "remove ImageId to use the region's current ECS-optimized AMI, or give an AMI of " + self.region,
@@ -475,12 +311,12 @@ class _Fleet:
         unknown = [kind for kind in self.settings.machine_types if kind not in MACHINE_SIZES]
         sizes = {**MACHINE_SIZES, **ec2_api.machine_sizes(self.ec2, unknown)}
         rows = [
-            _problem("fleet settings", problem, "change the config settings the detail names, as it says")
+            row_problem("fleet settings", problem, "change the config settings the detail names, as it says")
             for problem in validate_spot_fleet(self.settings, self.fleet_file, sizes)
             if not problem.startswith("fleet.fleet_file:")  # reported as fleet-file rows
         ]
         if not rows:
-            rows.append(_ok("fleet settings", "the containers fit every machine type"))
+            rows.append(row_ok("fleet settings", "the containers fit every machine type"))
         known = [sizes[kind].vcpus for kind in self.settings.machine_types if kind in sizes]
         if known:
             rows.append(self._quota(self.settings.machines * max(known)))
@@ -491,20 +327,20 @@ class _Fleet:
         quota = service_quotas.spot_vcpu_quota(self.quotas)
         what = f"fleet.machines × the largest machine type's vCPUs = {needed} vCPUs"
         if quota is None:
-            return _warning(
+            return row_warning(
                 check,
                 f"the Spot vCPU quota could not be read; the fleet needs {what}",
                 "check Service Quotas > Amazon EC2 > 'All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance "
                 f"Requests' (L-34B43A08) in {self.region} is at least {needed}",
             )
         if quota < needed:
-            return _problem(
+            return row_problem(
                 check,
                 f"the Spot vCPU quota is {quota:.0f}; the fleet needs {what}",
                 f"request an increase of 'All Standard Spot Instance Requests' to {needed} in Service Quotas, or "
                 "lower fleet.machines or the machine types",
             )
-        return _ok(check, f"quota {quota:.0f} vCPUs covers {what}")
+        return row_ok(check, f"quota {quota:.0f} vCPUs covers {what}")
 
     def log_export(self, identity: Identity) -> list[CheckRow]:
         """The records bucket lets CloudWatch Logs export the run's log group to runs/ (at cleanup)."""
@@ -520,9 +356,9 @@ class _Fleet:
         if _allows(policy, principal, "s3:GetBucketAcl", bucket_arn) and _allows(
             policy, principal, "s3:PutObject", f"{bucket_arn}/{EXPORT_TEST_KEY}"
         ):
-            return [_ok("log export", f"the policy of s3://{bucket} lets {principal} export logs to runs/")]
+            return [row_ok("log export", f"the policy of s3://{bucket} lets {principal} export logs to runs/")]
         return [
-            _warning(
+            row_warning(
                 "log export",
                 f"the policy of s3://{bucket} does not let {principal} call s3:GetBucketAcl on the bucket and "
                 "s3:PutObject under runs/: cleanup cannot export the run's logs, and keeps the log group instead",
@@ -558,8 +394,8 @@ def _spot_fleet_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
     try:
         fleet_file = read_fleet_file(path)
     except ConfigError as exc:
-        return [_problem("fleet file", str(exc), f"fix {path}; start from deployments/aws/fleet.example.json")]
-    rows = [_problem("fleet file", problem, f"edit {path}") for problem in fleet_file_problems(fleet_file)]
+        return [row_problem("fleet file", str(exc), f"fix {path}; start from deployments/aws/fleet.example.json")]
+    rows = [row_problem("fleet file", problem, f"edit {path}") for problem in fleet_file_problems(fleet_file)]
     fleet = _Fleet(clients, config, settings, fleet_file)
     identity = caller_identity(fleet.sts)
     checks: Iterable[tuple[str, Callable[[], list[CheckRow]]]] = (

@@ -19,6 +19,7 @@ from core.aws import ec2, ecs
 from core.aws.clients import AwsClients
 from core.config import parse_config
 from core.errors import ConfigError, FleetError
+from core.fleets import fleet_file as fleet_file_module
 from core.fleets import spot_fleet
 from core.fleets.base import FleetRequest
 from core.fleets.spot_fleet import MACHINE_SIZES, SpotFleet, SpotFleetSettings, resource_name, validate_spot_fleet
@@ -109,7 +110,7 @@ def test_the_example_fleet_file_loads_and_names_the_roles_the_bootstrap_makes() 
     from core.bootstrap import BootstrapNames
 
     names = BootstrapNames()
-    example = spot_fleet.load_fleet_file(EXAMPLE)
+    example = fleet_file_module.load_fleet_file(EXAMPLE)
     assert example["IamFleetRole"].endswith(f":role/{names.fleet_role}")
     profile = example["LaunchSpecifications"][0]["IamInstanceProfile"]["Arn"]
     assert profile.endswith(f":instance-profile/{names.instance_profile}")
@@ -141,7 +142,7 @@ def test_each_fleet_file_mistake_is_named_with_its_fix(tmp_path: Path, change: A
     path = tmp_path / "fleet.json"
     path.write_text(json.dumps(document))
     with pytest.raises(ConfigError, match=expected):
-        spot_fleet.load_fleet_file(path)
+        fleet_file_module.load_fleet_file(path)
 
 
 def test_every_fleet_file_mistake_is_reported_at_once(tmp_path: Path) -> None:
@@ -149,7 +150,7 @@ def test_every_fleet_file_mistake_is_reported_at_once(tmp_path: Path) -> None:
     spec = {"SubnetId": "subnet-0123456789abcdef0"}
     path.write_text(json.dumps({"IamFleetRole": "x", "LaunchSpecifications": [spec]}))
     with pytest.raises(ConfigError) as raised:
-        spot_fleet.load_fleet_file(path)
+        fleet_file_module.load_fleet_file(path)
     assert str(raised.value).count("\n  - ") == 3  # role ARN, instance profile, security group
 
 
@@ -671,7 +672,7 @@ def two_zones(**second: Any) -> tuple[dict[str, Any], list[str]]:
 
 def test_a_second_launch_specification_adds_its_subnet_and_zone_for_every_machine_type(tmp_path: Path) -> None:
     document, (subnet_a, subnet_b) = two_zones()
-    assert spot_fleet.fleet_file_problems(document) == []
+    assert fleet_file_module.fleet_file_problems(document) == []
 
     start(backend(settings(tmp_path, document)))
 
@@ -697,7 +698,7 @@ def test_a_launch_specification_that_differs_in_more_than_subnet_and_zone_is_ref
     path.write_text(json.dumps(document))
 
     with pytest.raises(ConfigError) as raised:
-        spot_fleet.load_fleet_file(path)
+        fleet_file_module.load_fleet_file(path)
 
     assert "LaunchSpecifications[1] differs from LaunchSpecifications[0] in EbsOptimized, KeyName: every machine" in (
         str(raised.value)
@@ -709,6 +710,6 @@ def test_a_placeholder_subnet_in_a_later_launch_specification_is_named_with_its_
     document, _ = two_zones()
     document["LaunchSpecifications"][1]["NetworkInterfaces"][0]["SubnetId"] = "subnet-WWWWWWWW"
 
-    [problem] = spot_fleet.fleet_file_problems(document)
+    [problem] = fleet_file_module.fleet_file_problems(document)
 
     assert problem.startswith("LaunchSpecifications[1].NetworkInterfaces[0].SubnetId 'subnet-WWWWWWWW' is a placeh")

@@ -1,0 +1,58 @@
+"""The rows of a preflight report: each check's finding (ok, warning or problem) with its fix."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import ConfigError
+
+Status = Literal["ok", "warning", "problem"]
+
+
+class CheckRow(BaseModel):
+    """One line of the report."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    check: str = Field(description="What was checked, e.g. 'instance profile'.")
+    status: Status
+    detail: str = Field(description="What was found.")
+    fix: str = Field(default="", description="What to do about it; empty when ok.")
+
+
+class PreflightReport(BaseModel):
+    """Every check's rows, in the order they ran."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rows: list[CheckRow]
+
+    @property
+    def problems(self) -> list[CheckRow]:
+        return [row for row in self.rows if row.status == "problem"]
+
+    @property
+    def warnings(self) -> list[CheckRow]:
+        return [row for row in self.rows if row.status == "warning"]
+
+    def raise_for_problems(self) -> None:
+        """Raise ConfigError listing every problem with its fix; nothing when there is none."""
+        if self.problems:
+            raise ConfigError(
+                f"Preflight found {len(self.problems)} problem(s); nothing was created:\n"
+                + "\n".join(f"  - {row.check}: {row.detail}\n    fix: {row.fix}" for row in self.problems)
+            )
+
+
+def row_ok(check: str, detail: str) -> CheckRow:
+    return CheckRow(check=check, status="ok", detail=detail)
+
+
+def row_problem(check: str, detail: str, fix: str) -> CheckRow:
+    return CheckRow(check=check, status="problem", detail=detail, fix=fix)
+
+
+def row_warning(check: str, detail: str, fix: str) -> CheckRow:
+    return CheckRow(check=check, status="warning", detail=detail, fix=fix)
