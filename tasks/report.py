@@ -180,13 +180,15 @@ def publish_summary(
     markdown = _markdown(summary, config, resources, on_aws=clients.endpoint_url is None)
     create_markdown_artifact(markdown, key="run-summary", description=f"Summary of run {summary.run_id}")
     if summary.failed:
+        shown = summary.failed[:MAX_TABLE_ROWS]
         create_table_artifact(
             [
                 {"job_id": job.job_id, "reason": job.reason, "attempts": job.attempts, "fields": json.dumps(job.fields)}
-                for job in summary.failed
+                for job in shown
             ],
             key="dead-jobs",
-            description=f"Jobs of run {summary.run_id} that ended in the dead-letter queue",
+            description=f"{len(shown)} of the {len(summary.failed)} jobs of run {summary.run_id} that ended in the "
+            f"dead-letter queue; all of them in {summary.manifest_uri}",
         )
     logger.info(
         "Run %s: %d jobs, %d succeeded, %d skipped, %d failed, %d unfinished; left in AWS: %s",
