@@ -193,7 +193,8 @@ def main() -> None:
             "calls by operation: " + ", ".join(f"{name} {count}" for name, count in sorted(run.calls.items())),
             (
                 "ours per job on S3: a ListObjectsV2 for an outcome record (a duplicate delivery of a finished "
-                "job), a ListObjectsV2 for check-if-done, a PutObject of the outcome record; DS keeps no records"
+                "job), a ListObjectsV2 of its attempt records (its failed runs, so that interruptions spend no "
+                "retry), a ListObjectsV2 for check-if-done, a PutObject of the outcome record; DS keeps no records"
             ),
             (
                 "idle calls: each worker loop's empty long polls (1 s here) and the queue counts it read after "

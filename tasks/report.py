@@ -205,14 +205,15 @@ def publish_summary(
     markdown = _markdown(summary, config, resources, on_aws=clients.endpoint_url is None)
     create_markdown_artifact(markdown, key="run-summary", description=f"{summary.headline}. Run {summary.run_id}")
     if summary.failed:
+        shown = summary.failed[:MAX_TABLE_ROWS]
         create_table_artifact(
             [
                 {"job_id": job.job_id, "reason": job.reason, "attempts": job.attempts, "fields": json.dumps(job.fields)}
-                for job in summary.failed
+                for job in shown
             ],
             key="dead-jobs",
             description=f"{len(summary.failed)} dead of {summary.total} jobs: the jobs of run {summary.run_id} "
-            "that ended in the dead-letter queue",
+            f"that ended in the dead-letter queue ({len(shown)} shown; all of them in {summary.manifest_uri})",
         )
     logger.info("Run %s: %s; left in AWS: %s", summary.run_id, summary.headline, summary.left_in_aws)
     if summary.skipped:

@@ -120,6 +120,8 @@ def test_a_batch_runs_to_completion_and_leaves_nothing_behind(aws: str, tmp_path
     assert dead.fields == {"well": BROKEN_WELL}
     assert "exit status 3" in dead.reason and "corrupt value" in dead.reason and dead.attempts == 2
     assert summary.resources_left == []
+    assert not (tmp_path / "fleet-state" / summary.run_id).exists()  # the local fleet's pid and log files
+    assert not [line for line in summary.resources_kept if "local fleet" in line]
     # The dead-letter queue stays while it holds the dead job (dead_letter_queue_after_run: keep-if-jobs).
     (kept_queue,) = queues_left()
     assert kept_queue.endswith("-dead")
@@ -273,6 +275,8 @@ def test_no_secret_reaches_a_log_a_record_an_artifact_the_summary_or_the_manifes
     )
     summary = run_flow(str(config))
     assert summary.succeeded == 5
+    kept_logs = tmp_path / "fleet-state" / summary.run_id
+    assert f"local fleet logs {kept_logs} (fleet.keep_local_logs)" in summary.resources_kept
 
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[summary.run_id])))

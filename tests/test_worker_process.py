@@ -613,6 +613,28 @@ def test_a_job_interrupted_five_times_with_two_retries_still_succeeds_and_spends
     assert stack.counts(stack.dlq_url) == (0, 0, 0)
 
 
+def test_a_job_that_kills_its_worker_every_time_is_caught_by_the_redrive_safety_net_and_said_so(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    """No worker lives to record such a job's runs, so only SQS's receive count can stop it: the
+    redrive policy (here after 2 deliveries, normally job_retries + 20) moves it, and the summary
+    names the likely cause."""
+    stack = make_stack(job_retries=2, visibility_timeout_s=2, max_receive_count=2)
+    stack.send_job("job-poison")
+    command = write_script(tmp_path, "poison.py", "import os, signal", "os.kill(os.getppid(), signal.SIGKILL)")
+
+    for _ in range(2):
+        assert stack.wait_for_exit(stack.start_worker(command, visibility_timeout_s=2)) == -signal.SIGKILL
+    last = stack.start_worker(command, visibility_timeout_s=2)
+
+    assert stack.wait_for_exit(last) == 0  # its receive moved the job instead of delivering it
+    assert stack.keys(RECORDS_BUCKET) == []
+    summary, _ = stack.summary_and_manifest(["job-poison"])
+    [dead] = summary.failed
+    assert dead.reason.startswith("moved to the dead-letter queue by the queue's redrive policy after")
+    assert "kill its worker" in dead.reason
+
+
 def test_a_job_whose_records_show_its_retries_spent_is_dead_lettered_without_running(
     make_stack: MakeStack, tmp_path: Path
 ) -> None:

@@ -61,7 +61,8 @@ class FleetBackend(Protocol):
         ...
 
     def status(self, handle: FleetHandle) -> FleetStatus:
-        """How many workers were asked for, and how many are alive now."""
+        """How many workers were asked for, and how many are alive now; once stopped, what the fleet
+        keeps on purpose by config (`kept`, e.g. the local fleet's logs), for the run's summary."""
         ...
 
     def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
