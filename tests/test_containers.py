@@ -271,8 +271,18 @@ def test_a_job_whose_program_leaves_a_background_process_leaves_no_zombie(
         time.sleep(2)  # the four orphaned sleeps have ended by now
         assert len(outcome_records(worker.run_id)) == 2
         assert zombies(worker.container) == []
+        # The keys reach the worker in a file, not in the environment `docker inspect` shows.
+        environment = {item.split("=", 1)[0] for item in worker.container.attrs["Config"]["Env"]}
+        assert "AWS_SHARED_CREDENTIALS_FILE" in environment
+        assert not environment & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+        # Found from the run id alone, by its labels, as the janitor and cleanup do.
+        assert worker.run_id in worker.fleet.running_fleets()
+        assert worker.fleet.status(worker.fleet.handle_for(worker.run_id, 1)).running == 1
     finally:
-        worker.fleet.stop(worker.handle)
+        worker.fleet.stop(worker.fleet.handle_for(worker.run_id))
+    assert worker.run_id not in worker.fleet.running_fleets()
+    assert worker.fleet.status(worker.handle).running == 0
+    assert containers_of(worker.run_id) == []
 
 
 def test_docker_stop_on_an_idle_worker_exits_0_and_hands_back_what_its_poll_brought(

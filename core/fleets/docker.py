@@ -203,8 +203,8 @@ class DockerFleet(ThisMachine):
         if not self._credentials:
             return {}
         folder = self._credentials_dir(run_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o700)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)  # also when an earlier start made it
         path = folder / "aws-credentials"
         path.write_text(credentials_file(self._credentials))
         # The worker runs as its own user in the container; the folder keeps other users out here.

@@ -4,7 +4,8 @@
 #
 #   tests/containers/base_image.sh VARIANT...
 #
-# VARIANT (each image is tagged local/base:VARIANT; one that exists is kept, delete it to rebuild):
+# VARIANT (each image is tagged $BASE_IMAGE_REPOSITORY:VARIANT, default local/base:VARIANT; one that
+# exists is kept, delete it to rebuild):
 #   bookworm-python    Debian 12 with python3 (3.11) and pip
 #   bullseye-python    Debian 11 with python3 (3.9) and pip
 #   bullseye-oldboto   Debian 11 with python3 (3.9) and Debian's own python3-boto3 (1.13): a program
@@ -38,7 +39,7 @@ ensure_engine() {
 }
 
 build() {
-  local variant=$1 tag=local/base:$1 suite include cmd root
+  local variant=$1 tag=${BASE_IMAGE_REPOSITORY:-local/base}:$1 suite include cmd root
   case "$variant" in
     bookworm-python)   suite=bookworm; include=python3,python3-pip,ca-certificates ;;
     bullseye-python)   suite=bullseye; include=python3,python3-pip,ca-certificates ;;
