@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from core.errors import BudgetExceededError, DistributedError, FleetError
 from core.fleets.base import FleetBackend
@@ -50,16 +50,18 @@ class FleetControl(Protocol):
 
 @dataclass(frozen=True)
 class RunFleet:
-    """A run's fleet on its backend, as the monitor acts on it."""
+    """A run's fleet on its backend, as the monitor acts on it; `log` is where it says so (the run's log)."""
 
     backend: FleetBackend
     handle: FleetHandle
+    log: logging.Logger | logging.LoggerAdapter[Any] = field(default=logger)
 
     def scale_in(self, busy_jobs: int) -> None:
         self.backend.scale_in(self.handle, busy_jobs)
 
     def hold(self) -> None:
         self.backend.hold(self.handle)
+        self.log.info("Cheapest mode: the fleet keeps the machines it has; lost ones are not replaced")
 
     def spent_usd(self) -> float | None:
         report = self.backend.cost(self.handle)
@@ -106,6 +108,5 @@ def wait_for_completion(
 def _act(fleet: FleetControl, decision: Decision) -> None:
     if decision.hold:
         fleet.hold()
-        logger.info("Cheapest mode: the fleet keeps the machines it has; lost ones are not replaced")
     if decision.scale_in_to is not None:
         fleet.scale_in(decision.scale_in_to)

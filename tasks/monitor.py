@@ -68,7 +68,7 @@ def monitor_run(
         clock=time.monotonic,
         sleep=time.sleep,
         on_snapshot=progress,
-        fleet=RunFleet(backend, fleet),
+        fleet=RunFleet(backend, fleet, logger),
     )
     return final
 

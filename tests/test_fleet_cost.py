@@ -5,6 +5,7 @@ held at what it has, and the machines shown in each reading."""
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from pathlib import Path
 
@@ -67,16 +68,19 @@ def test_a_budget_not_reached_lets_the_run_go_on(tmp_path: Path) -> None:
     assert final.queue_empty
 
 
-def test_cheapest_mode_holds_the_fleet_at_one_machine_without_terminating_any(tmp_path: Path) -> None:
+def test_cheapest_mode_holds_the_fleet_at_one_machine_without_terminating_any(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fleet = backend(settings(tmp_path, machine_types=("m5.xlarge",)))
     handle = start(fleet)
 
     # Jobs wait until the deadline stops the run: no scale-in, only the hold acts on the fleet.
-    with pytest.raises(RunTimeoutError):
-        watch(RunFleet(fleet, handle), [waiting()], cheapest_after_s=0, max_run_time_s=1)
+    with caplog.at_level(logging.INFO), pytest.raises(RunTimeoutError):
+        watch(RunFleet(fleet, handle, logging.getLogger("run")), [waiting()], cheapest_after_s=0, max_run_time_s=1)
 
     status = fleet.status(handle)
     assert (status.machines_target, status.machines_running) == (1, 2)
+    assert [r.name for r in caplog.records if r.message.startswith("Cheapest mode: the fleet keeps")] == ["run"]
 
 
 def waiting() -> RunSnapshot:
