@@ -39,6 +39,8 @@ FARGATE_BURST, FARGATE_RATE_PER_S = 100, 20.0  # Fargate's task launch token buc
 FARGATE_MIN_BILLED_S = 60.0
 
 
+# Machines and containers are plain classes with slots, not models: a batch makes thousands of them
+# and the event loop touches them millions of times.
 class Machine:
     """A machine (on fargate: one task). Paid from `launched_at` to `ended_at`."""
 

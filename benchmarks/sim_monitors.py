@@ -3,7 +3,7 @@
 Ours is not re-implemented here: `run_ours` calls `core.monitor.wait_for_completion` with the
 policy the `monitor` task uses, on the simulated clock (its `sleep` advances the simulation), with
 the simulation standing in for the fleet (`scale_in`, `hold`, `spent_usd`). Distributed-
-Something's `run.py monitor` is re-stated from its code (../shared reference, section A.4): a
+Something's `run.py monitor` is re-stated from its code (`monitor`, `downscaleSpotFleet`): a
 reading every 60 s, the fleet's target lowered to the in-flight count every 10 minutes once nothing
 is visible (noTermination), and teardown on the first reading of zero visible and zero in flight.
 """
