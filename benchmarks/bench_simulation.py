@@ -27,7 +27,7 @@ from core.cost import estimate_cost
 COMMAND_LINE = ".venv/bin/python -m benchmarks.bench_simulation"
 PLOT = Path(__file__).resolve().parent / "simulation.png"
 HEADLINE = Scenario(jobs=100_000, machines=1_000)
-TARGET = Scenario(jobs=10_000, machines=100)  # the issue's: lognormal, spread 0.5, no interruptions
+TARGET = Scenario(jobs=10_000, machines=100)  # the targets' batch: lognormal, spread 0.5, no interruptions
 # Beside TARGET, one thing changed at a time.
 VARIANTS: dict[str, dict[str, object]] = {
     "lognormal, spread 0.5": {},
@@ -205,7 +205,7 @@ def main() -> None:
         growth.append(row(f"{label}: {stopped.unfinished:,} unfinished (ours only)", stopped))
 
     tables = [
-        table(f"The issue's batch: {TARGET.jobs:,} jobs, {TARGET.machines} machines, one thing changed at a time",
+        table(f"The reference batch: {TARGET.jobs:,} jobs, {TARGET.machines} machines, one thing changed at a time",
               variants),
         table(f"Backends, {TARGET.jobs:,} jobs on {TARGET.machines} machines (slots)", backends),
         table("Growth (lognormal, mean 600 s, spread 0.5, one slot per machine)", growth),
