@@ -176,7 +176,9 @@ class MonitorPolicy:
             and reading.at_s - self._no_worker_since_s >= settings.lost_after_s
         ):
             return Stop.FLEET_LOST, (
-                f"No worker is running while {remaining} jobs remain in the queue; see the worker logs"
+                f"No worker is running while {remaining} jobs remain in the queue (none for "
+                f"{reading.at_s - self._no_worker_since_s:.0f} s; fleet.capacity_wait_s is the wait); "
+                "see the worker logs"
             )
         if reading.at_s >= settings.max_run_time_s:
             return Stop.TIMEOUT, (

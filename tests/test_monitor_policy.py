@@ -90,5 +90,6 @@ def test_no_worker_is_a_lost_fleet_only_after_long_enough_for_machines_to_start_
     readings = [(at_s, snap(visible=3, workers=0)) for at_s in (0, 10, 20, 290, 300)]
     readings += [(310, snap(visible=3, workers=2))]
     readings += [(at_s, snap(visible=3, workers=0)) for at_s in (320, 620)]
-    stops = [d.stop for d in decide_all(policy, readings)]
-    assert stops == [None] * 4 + [Stop.FLEET_LOST, None, None, Stop.FLEET_LOST]
+    decisions = decide_all(policy, readings)
+    assert [d.stop for d in decisions] == [None] * 4 + [Stop.FLEET_LOST, None, None, Stop.FLEET_LOST]
+    assert "3 jobs remain in the queue (none for 300 s; fleet.capacity_wait_s is the wait)" in decisions[-1].reason
