@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.sim_scenario import Scenario
-from benchmarks.sim_monitors import CAPACITY_WAIT_S, run_ds, run_ours
+from benchmarks.sim_monitors import CAPACITY_WAIT_S, BatchResult, run_ds, run_ours
+from benchmarks.sim_scenario import Scenario, job_durations
 
 # No boot jitter, so times can be worked out by hand.
 EXACT = {"boot_s": 60.0, "boot_jitter_s": 0.0}
@@ -87,3 +87,27 @@ def test_every_backend_finishes_the_batch(backend: str) -> None:
     result = run_ours(Scenario(jobs=500, machines=10, backend=backend, interruptions_per_hour=0.2))
     assert result.stop == "complete" and result.done == 500
     assert result.paid_ratio >= 1.0
+
+
+@pytest.mark.parametrize(("distribution", "spread"), [("lognormal", 0.5), ("lognormal", 1.0), ("pareto", 2.5)])
+def test_durations_are_drawn_with_the_mean_asked_for(distribution: str, spread: float) -> None:
+    durations = job_durations(Scenario(jobs=100_000, machines=1, distribution=distribution, spread=spread))
+    assert sum(durations) / len(durations) == pytest.approx(600, rel=0.02)
+    assert max(durations) > 3 * 600  # a tail, not a constant
+
+
+def test_managed_scaling_removes_an_empty_machine_fifteen_minutes_after_it_emptied() -> None:
+    durations = [3000.0, 60.0]
+    fleet = run_ours(Scenario(jobs=2, machines=2, **EXACT), durations=durations)
+    managed = run_ours(Scenario(jobs=2, machines=2, backend="ec2-spot", **EXACT), durations=durations)
+
+    def second_machine_gone(result: BatchResult) -> float:
+        return next(at_s for at_s, _, paid in result.timeline if paid < 2)
+
+    # The short job's container is stopped when its protection lapses (10 min after its start) and 30 s
+    # later its machine is empty: spot-fleet terminates it at a scale-in within 5 minutes, managed
+    # scaling 15 minutes after it emptied.
+    emptied = 60 + 60 + 600 + 30
+    assert second_machine_gone(fleet) <= emptied + 300 + 60
+    assert emptied + 900 <= second_machine_gone(managed) <= emptied + 900 + 60 + 60
+    assert fleet.paid_slot_s < managed.paid_slot_s
