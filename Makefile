@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # uv installs from requirements.lock in seconds; a machine without uv gets it inside .venv, with pip.
 UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(VENV)/bin/uv)
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -32,6 +33,11 @@ lock: | $(UV)
 	$(UV) pip compile -q pyproject.toml --extra test --universal --python-version 3.11 --generate-hashes \
 		--custom-compile-command "make lock" -o requirements.lock
 
+# The benchmarks also plot (matplotlib, the `bench` extra).
+$(BENCH_STAMP): $(STAMP)
+	$(UV) pip install -q --python $(PY) -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
 ## Run the demo batch (100 jobs) end to end on a local AWS emulator; the last line is the RunSummary.
 demo: $(STAMP)
 	$(PY) deployments/demo/run_demo.py
@@ -45,7 +51,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 4 --dist loadgroup $(TEST_ARGS)
 
 ## Run every benchmark and print its figures (about 10 minutes); BENCH_ARGS=--write-readme also puts them in benchmarks/README.md.
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:

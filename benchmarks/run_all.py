@@ -23,7 +23,7 @@ from benchmarks.common import RESULT_PREFIX, Figure, machine
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
-BENCHMARKS = ("enqueue", "memory", "monitor", "worker", "flow")
+BENCHMARKS = ("enqueue", "memory", "monitor", "worker", "flow", "simulation")
 TABLE_START, TABLE_END = "<!-- figures:start -->", "<!-- figures:end -->"
 BENCHMARK_TIMEOUT_S = 900
 

@@ -169,7 +169,8 @@ class FleetSettings(_Section):
         default=600,
         ge=0,
         le=3600,
-        description="Longest wait for the machines when the fleet starts; then go on with what came.",
+        description="Longest wait for the machines when the fleet starts; then go on with what came. Also how "
+        "long the monitor waits with no worker running while jobs wait before it stops the run as a lost fleet.",
     )
     expected_job_minutes: float | None = Field(
         default=None,

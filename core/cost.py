@@ -240,6 +240,6 @@ def measure_cost(ec2: BaseClient, run_id: str, *, now: datetime, prices_at: Pric
     )
 
 
-def budget_exceeded(report: CostReport, budget_usd: float) -> bool:
+def budget_exceeded(spent_usd: float, budget_usd: float) -> bool:
     """True once the run has spent its budget (the monitor stops the run then)."""
-    return report.total_usd >= budget_usd
+    return spent_usd >= budget_usd

@@ -14,20 +14,15 @@ from prefect.exceptions import TerminationSignal
 
 from core.aws import sqs
 from core.config import RunConfig
-from core.cost import budget_exceeded
-from core.errors import BudgetExceededError
-from core.fleets import FleetBackend, fleet_backend
+from core.fleets import fleet_backend
 from core.models import FleetHandle, QueueUrls, RunResources, RunSnapshot, RunSummary
-from core.monitor import wait_for_completion
+from core.monitor import RunFleet, wait_for_completion
+from core.monitor_policy import MonitorPolicy, PolicySettings
 from core.records import read_outcomes
 from tasks._aws import AWS_RETRIES, aws_clients
 from tasks.cancel import cancel_request
 
 HEARTBEAT_S = 30.0
-# While nothing waits, how often scale-in runs again with unchanged counts (idle machines freed since).
-SCALE_IN_REPEAT_S = 300.0
-# How often the run's spend is measured against fleet.budget_usd (two AWS calls, whatever the size).
-BUDGET_CHECK_S = 120.0
 
 
 def start_progress(config: RunConfig, total: int) -> UUID:
@@ -79,69 +74,21 @@ def monitor_run(
     def count_accounted(snapshot: RunSnapshot) -> int:
         return len(read_outcomes(s3_client, resources)) + snapshot.dead
 
-    busy_at_last_scale_in: int | None = None
-    last_scale_in = 0.0
-    guard = _FleetGuard(config, backend, fleet, logger)
-
-    def on_snapshot(snapshot: RunSnapshot) -> None:
-        nonlocal busy_at_last_scale_in, last_scale_in
-        progress(snapshot)
-        guard.check()
-        # Nothing waits: the fleet shrinks to the running jobs. Fleet calls on a change, and again every
-        # few minutes: containers that ECS stops after a scale-in leave idle machines for the next one.
-        now = time.monotonic()
-        changed = snapshot.in_flight != busy_at_last_scale_in
-        if snapshot.visible == snapshot.delayed == 0 and (changed or now - last_scale_in >= SCALE_IN_REPEAT_S):
-            busy_at_last_scale_in, last_scale_in = snapshot.in_flight, now
-            backend.scale_in(fleet, snapshot.in_flight)
-
     try:
         return wait_for_completion(
             read_snapshot,
             count_accounted,
-            settings=config.monitor,
+            policy=MonitorPolicy(PolicySettings.from_config(config)),
             clock=time.monotonic,
             sleep=time.sleep,
-            on_snapshot=on_snapshot,
+            on_snapshot=progress,
+            fleet=RunFleet(backend, fleet, logger),
         )
     except TerminationSignal:
         if cancel_request() is None:
             raise
         logger.info("The run is being cancelled: the monitor stops; cleanup follows")
         return progress.snapshot or read_snapshot()
-
-
-class _FleetGuard:
-    """'Cheapest' mode and the budget: what the monitor does to the fleet as time passes."""
-
-    def __init__(
-        self,
-        config: RunConfig,
-        backend: FleetBackend,
-        fleet: FleetHandle,
-        logger: logging.Logger | logging.LoggerAdapter,
-    ) -> None:
-        self._backend, self._fleet, self._logger = backend, fleet, logger
-        self._budget = config.fleet.budget_usd
-        self._hold_at = (
-            None if config.fleet.cheapest_after_s is None else time.monotonic() + config.fleet.cheapest_after_s
-        )
-        self._next_budget_check = time.monotonic()
-
-    def check(self) -> None:
-        now = time.monotonic()
-        if self._hold_at is not None and now >= self._hold_at:
-            self._hold_at = None
-            self._backend.hold(self._fleet)
-            self._logger.info("Cheapest mode: the fleet keeps the machines it has; lost ones are not replaced")
-        if self._budget is not None and now >= self._next_budget_check:
-            self._next_budget_check = now + BUDGET_CHECK_S
-            spent = self._backend.cost(self._fleet)
-            if spent is not None and budget_exceeded(spent, self._budget):
-                raise BudgetExceededError(
-                    f"The run's machines have cost ${spent.total_usd:,.2f}, reaching fleet.budget_usd "
-                    f"(${self._budget:,.2f}); stopping the run. Jobs not done are listed as unfinished."
-                )
 
 
 @dataclass

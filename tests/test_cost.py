@@ -314,5 +314,5 @@ def test_the_budget_is_exceeded_once_the_spending_reaches_it() -> None:
     report = measure_cost(client, "r1", now=instance["LaunchTime"] + timedelta(hours=10))
     spent = 10 * moto_prices(client, "m5.xlarge")[instance["Placement"]["AvailabilityZone"]]
     assert report.total_usd == pytest.approx(spent)
-    assert budget_exceeded(report, report.total_usd)
-    assert not budget_exceeded(report, spent * 1.01)
+    assert budget_exceeded(report.total_usd, report.total_usd)
+    assert not budget_exceeded(report.total_usd, spent * 1.01)

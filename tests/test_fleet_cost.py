@@ -4,6 +4,7 @@ held at what it has, and the machines shown in each reading."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -12,15 +13,15 @@ import boto3
 import pytest
 
 from core.aws.clients import AwsClients
-from core.config import RunConfig, parse_config
 from core.errors import BudgetExceededError
 from core.fleets.local import LocalFleet
-from tasks.monitor import _FleetGuard
+from core.models import RunSnapshot
+from core.monitor import RunFleet, RunTimeoutError, wait_for_completion
+from core.monitor_policy import MonitorPolicy, PolicySettings
+from tests.fakes import FakeClock
 from tests.test_spot_fleet import backend, settings, start
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
-
-LOGGER = logging.getLogger("test")
 
 
 def moto_price(machine_type: str) -> float:
@@ -61,10 +62,9 @@ def test_the_cost_so_far_counts_the_runs_machines_and_the_status_shows_them(tmp_
 def test_the_budget_stops_the_run_once_the_machines_have_cost_it(tmp_path: Path) -> None:
     fleet = backend(settings(tmp_path, machine_types=("m5.xlarge",)))
     handle = start(fleet)
-    config = _config(tmp_path, budget_usd=1e-12)  # any time at moto's price passes it
 
     with pytest.raises(BudgetExceededError, match=r"fleet.budget_usd \(\$0.00\); stopping the run"):
-        _FleetGuard(config, fleet, handle, LOGGER).check()
+        watch(RunFleet(fleet, handle), [waiting()], budget_usd=1e-12)  # any time at moto's price passes it
 
 
 def test_a_budget_not_reached_lets_the_run_go_on_with_its_fleet_untouched(tmp_path: Path) -> None:
@@ -72,28 +72,49 @@ def test_a_budget_not_reached_lets_the_run_go_on_with_its_fleet_untouched(tmp_pa
     handle = start(fleet)
     budget_usd = 1000.0
 
-    _FleetGuard(_config(tmp_path, budget_usd=budget_usd), fleet, handle, LOGGER).check()  # raises nothing
+    final = watch(RunFleet(fleet, handle), [waiting(), done()], budget_usd=budget_usd)  # raises nothing
 
+    assert final.queue_empty
     assert fleet.cost(handle).total_usd < budget_usd
     status = fleet.status(handle)
     assert (status.machines_target, status.machines_running) == (2, 2)
 
 
-def test_cheapest_mode_holds_the_fleet_at_one_machine_without_terminating_any(tmp_path: Path) -> None:
+def test_cheapest_mode_holds_the_fleet_at_one_machine_without_terminating_any(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fleet = backend(settings(tmp_path, machine_types=("m5.xlarge",)))
     handle = start(fleet)
 
-    _FleetGuard(_config(tmp_path, cheapest_after_s=0), fleet, handle, LOGGER).check()
+    # Jobs wait until the deadline stops the run: no scale-in, only the hold acts on the fleet.
+    with caplog.at_level(logging.INFO), pytest.raises(RunTimeoutError):
+        watch(RunFleet(fleet, handle, logging.getLogger("run")), [waiting()], cheapest_after_s=0, max_run_time_s=1)
 
     status = fleet.status(handle)
     assert (status.machines_target, status.machines_running) == (1, 2)
+    assert [r.name for r in caplog.records if r.message.startswith("Cheapest mode: the fleet keeps")] == ["run"]
 
 
-def _config(tmp_path: Path, **fleet_settings: object) -> RunConfig:
-    """A run config naming the fleet file that settings() wrote."""
-    fleet = {"backend": "spot-fleet", "fleet_file": str(tmp_path / "fleet.json"), **fleet_settings}
-    return parse_config(
-        {"app_name": "demo", "job_file": "jobs.json", "command": "run", "bucket": "records", "fleet": fleet}, "test"
+def waiting() -> RunSnapshot:
+    return RunSnapshot(total=4, visible=2, in_flight=2, delayed=0, dead=0, workers_running=4)
+
+
+def done() -> RunSnapshot:
+    return RunSnapshot(total=4, visible=0, in_flight=0, delayed=0, dead=0, workers_running=4)
+
+
+def watch(fleet: RunFleet, readings: list[RunSnapshot], **limits: float) -> RunSnapshot:
+    """The monitor's loop on these readings (the last one repeated) and the real fleet."""
+    feed = itertools.chain(readings, itertools.repeat(readings[-1]))
+    time = FakeClock()
+    return wait_for_completion(
+        lambda: next(feed),
+        lambda snapshot: snapshot.total,
+        policy=MonitorPolicy(PolicySettings(settle_polls=1, **limits)),
+        clock=time,
+        sleep=time.sleep,
+        on_snapshot=lambda snapshot: None,
+        fleet=fleet,
     )
 
 

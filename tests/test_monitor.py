@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import MonitorSettings
 from core.errors import FleetError
 from core.models import RunSnapshot
 from core.monitor import RunTimeoutError, wait_for_completion
+from core.monitor_policy import MonitorPolicy, PolicySettings
 from tests.fakes import FakeClock
 
 
@@ -23,7 +23,7 @@ def run(readings: list[RunSnapshot], accounted: int = 10, **settings) -> tuple[R
     result = wait_for_completion(
         lambda: next(feed),
         lambda s: checks.append(s) or accounted,
-        settings=MonitorSettings(poll_interval_s=1, **settings),
+        policy=MonitorPolicy(PolicySettings(poll_interval_s=1, **settings)),
         clock=time,
         sleep=time.sleep,
         on_snapshot=seen.append,
