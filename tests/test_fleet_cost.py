@@ -7,12 +7,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
 import pytest
 
 from core.aws.clients import AwsClients
+from core.cost import measure_cost
 from core.errors import BudgetExceededError
 from core.fleets.local import LocalFleet
 from core.models import RunSnapshot
@@ -48,11 +50,13 @@ def test_the_cost_so_far_counts_the_runs_machines_and_the_status_shows_them(tmp_
 
     spent = fleet.cost(handle)
     status = fleet.status(handle)
+    # An hour from now, the same two machines have run at least an hour each.
+    later = measure_cost(boto3.client("ec2"), "r1", now=datetime.now(UTC) + timedelta(hours=1))
 
     # Two machines launched moments ago, at moto's one price in every zone: their hours times that price.
     price = moto_price("m5.xlarge")
     assert spent.machines == 2 and spent.prices_at == "launch"
-    assert spent.instance_hours > 0  # launched within this test, counted up to now
+    assert later.instance_hours >= 2.0 and later.total_usd == pytest.approx(later.instance_hours * price)
     assert spent.total_usd == pytest.approx(spent.instance_hours * price)
     [row] = spent.by_type
     assert (row.instance_type, row.machines, row.hours) == ("m5.xlarge", 2, pytest.approx(spent.instance_hours))
