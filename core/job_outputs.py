@@ -122,31 +122,52 @@ def overlap(first: str, second: str) -> bool:
 
 
 class PrefixCheck:
-    """Remembers the output prefixes seen so far, in 8 bytes each, and spots one that overlaps.
+    """Remembers the output prefixes seen so far, in 16 to 32 bytes each, and spots one that overlaps.
 
-    Holding a million prefix strings would cost hundreds of MB; this holds 64-bit hashes of each
-    prefix and of each of its parent folders (in JobIdSets, 16 to 32 bytes each). A hash hit is only a suspect:
-    the caller confirms it by reading the file again (`overlap`), as the duplicate-id check does.
+    Holding a million prefix strings would cost hundreds of MB; this holds 64-bit hashes (in
+    JobIdSets) of each prefix and, to find one prefix inside another, of its parent folders at the
+    depths (counted in '/'-separated parts) that some prefix has: in most files every prefix has the
+    same depth, and then no parent is held at all. A prefix at a new depth shallower than one seen
+    before may contain earlier prefixes whose parents at that depth were never held: `add` reports
+    it, and the caller's second pass hands every earlier prefix to `remember_parents`.
+
+    A hash hit is only a suspect: the caller confirms it by reading the file again (`overlap`), as
+    the duplicate-id check does.
     """
 
     def __init__(self) -> None:
         self._prefixes = JobIdSet()
         self._parents = JobIdSet()
+        self._depths: set[int] = set()
+        self._deepest = 0
         # The previous prefix's parents: jobs in a row mostly share them, and one already checked
         # and remembered for the previous job needs neither again (only that job's own prefix was
         # added since, and it is no parent of itself).
         self._last_parents: list[str] = []
 
     def add(self, prefix: str) -> bool:
-        """Remember the prefix; False when it may overlap one seen before."""
+        """Remember the prefix; False when it may overlap one seen before (a second pass tells)."""
         digest = _prefix_hash(prefix)
         clash = not self._prefixes.add_int(digest) or self._parents.has_int(digest)
+        depth = prefix.count("/") + 1
+        if depth not in self._depths:
+            self._depths.add(depth)
+            clash = clash or depth < self._deepest
+        self._deepest = max(self._deepest, depth)
         parents = list(_parents(prefix))
-        for depth, parent in enumerate(parents):
-            if depth < len(self._last_parents) and self._last_parents[depth] == parent:
+        for index, parent in enumerate(parents):
+            if index + 1 not in self._depths:
+                continue
+            if index < len(self._last_parents) and self._last_parents[index] == parent:
                 continue
             digest = _prefix_hash(parent)
             clash = self._prefixes.has_int(digest) or clash
             self._parents.add_int(digest)
         self._last_parents = parents
         return not clash
+
+    def remember_parents(self, prefix: str) -> None:
+        """Hold an earlier prefix's parents at every depth known now (after a new, shallower depth)."""
+        for index, parent in enumerate(_parents(prefix)):
+            if index + 1 in self._depths:
+                self._parents.add_int(_prefix_hash(parent))

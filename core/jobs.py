@@ -384,11 +384,11 @@ def check_jobs(path: Path, command: str, settings: JobSettings | None = None) ->
         if not seen.add(job.job_id):
             first = next(other for other in _earlier_jobs(path, command, settings, job) if other.job_id == job.job_id)
             raise ConfigError(f"{path}: groups[{job.index}] repeats groups[{first.index}]; every job must differ")
-        if not prefixes.add(job.output):  # a hash hit: confirmed (or not) by reading the file again
-            earlier = _earlier_jobs(path, command, settings, job)
-            clash = next((other for other in earlier if overlap(other.output, job.output)), None)
-            if clash is not None:
-                raise _prefix_clash(path, clash, job)
+        if not prefixes.add(job.output):  # a suspect: confirmed (or not) by reading the file again
+            for other in _earlier_jobs(path, command, settings, job):
+                if overlap(other.output, job.output):
+                    raise _prefix_clash(path, other, job)
+                prefixes.remember_parents(other.output)
         count += 1
         size = len(JobMessage.for_job(job, run_id="0" * 36).body().encode())
         if size > MAX_MESSAGE_BYTES:

@@ -77,6 +77,11 @@ def test_a_job_writing_inside_another_jobs_prefix_is_refused(tmp_path: Path) -> 
         (["r/P/A", "r/Q/A", "r/P"], "groups[0] would write its outputs under 'r/P/A/', inside the prefix of groups[2]"),
         (["r/A/1", "r/A/2", "r/A"], "groups[0] would write its outputs under 'r/A/1/', inside the prefix of groups[2]"),
         (["a/b", "a/c", "a/b"], "groups[0] and groups[2] would both write their outputs under 'a/b/'"),
+        # "r/x" brings a new, shallower depth: the parents of "r/a/b" at that depth are held from then on.
+        (
+            ["r/a/b", "r/x", "r/y", "r/a"],
+            "groups[0] would write its outputs under 'r/a/b/', inside the prefix of groups[3]",
+        ),
     ],
 )
 def test_nested_or_equal_prefixes_are_found_whatever_their_order(
