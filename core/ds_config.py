@@ -15,6 +15,7 @@ import argparse
 import ast
 import operator
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,6 +60,8 @@ INSTEAD: dict[str, str] = {
     "REQUIREMENTS_FILE": PLUGINS,
 }
 OFF_VALUES = frozenset({"", "false", "none", "0"})
+# A setting of one's own that holds a secret: its value is never repeated, in the YAML or anywhere.
+SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|ACCESS_KEY", re.IGNORECASE)
 
 _OPERATORS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -207,6 +210,15 @@ def convert_ds_config(
             if _is_off(value) and name not in ("AWS_PROFILE", "DOWNLOAD_FILES", "ASSIGN_IP"):
                 instead = f"off in config.py: nothing to do ({instead})"
             left_out.append(LeftOut(setting=name, value=repr(value), instead=instead))
+        elif SECRET_NAME.search(name):
+            left_out.append(
+                LeftOut(
+                    setting=name,
+                    value="(a secret: not repeated here)",
+                    instead="a secret does not belong in a config file: keep AWS keys in a prefect-aws AwsCredentials "
+                    "block (aws_credentials), and other secrets in a Prefect Secret block your program reads",
+                )
+            )
         else:
             left_out.append(
                 LeftOut(

@@ -7,7 +7,7 @@ from typing import Any
 
 from botocore.client import BaseClient
 
-from core.aws import ec2 as ec2_api
+from core.aws import launch_template as template_api
 from core.aws import network
 from core.fleets.fleet_file import GROUP_ID, SUBNET_ID
 from core.preflight_rows import CheckRow, row_ok, row_problem
@@ -35,7 +35,7 @@ class NetworkChecks:
             dict.fromkeys(
                 subnet
                 for spec in self.specs
-                for subnet in ec2_api.spec_subnets(spec)
+                for subnet in template_api.spec_subnets(spec)
                 if SUBNET_ID.match(subnet)
             )
         )

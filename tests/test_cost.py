@@ -17,7 +17,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from core.aws import ec2
+from core.aws import ec2, launch_template
 from core.aws.spot_pricing import SpotPrice, spot_prices
 from core.cost import budget_exceeded, estimate_cost, measure_cost
 from tests.test_spot_fleet import TAGS, fleet_file, request_for
@@ -36,8 +36,10 @@ def moto_prices(client: Any, kind: str) -> dict[str, float]:
 def launch_fleet(client: Any, run_id: str, kind: str, machines: int) -> list[dict[str, Any]]:
     """A moto Spot Fleet of `machines` of one type, launched as the backend does, and its instances."""
     tags = {**TAGS, "run-id": run_id}
-    data = ec2.launch_template_data(fleet_file(), ebs_volume_gb=30, cluster="c", image_id="ami-1", tags=tags)
-    template = ec2.ensure_launch_template(client, f"distributed-{run_id}-{kind}", data, tags)
+    data = launch_template.launch_template_data(
+        fleet_file(), ebs_volume_gb=30, cluster="c", image_id="ami-1", tags=tags
+    )
+    template = launch_template.ensure_launch_template(client, f"distributed-{run_id}-{kind}", data, tags)
     fleet_id = ec2.request_fleet(
         client,
         request_for(

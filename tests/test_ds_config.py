@@ -194,6 +194,17 @@ def test_a_setting_of_the_users_own_is_listed_with_how_to_pass_it_to_the_program
     assert "--threshold 3" in item.instead
 
 
+def test_a_secret_in_config_py_is_listed_but_its_value_is_never_repeated(tmp_path: Path) -> None:
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    (tmp_path / "config.py").write_text(f"APP_NAME = 'cells'\nAWS_SECRET_ACCESS_KEY = '{secret}'\n")
+
+    output, conversion = write_ds_config(tmp_path / "config.py", job_file=tmp_path / "j.json", command="run")
+
+    [item] = [item for item in conversion.left_out if item.setting == "AWS_SECRET_ACCESS_KEY"]
+    assert "AwsCredentials" in item.instead
+    assert secret not in output.read_text() and secret not in conversion.model_dump_json()
+
+
 def test_a_file_the_converter_did_not_write_is_never_overwritten(tmp_path: Path) -> None:
     shutil.copy(DS_CONFIG, tmp_path / "config.py")
     (tmp_path / "config.yaml").write_text("app_name: mine\n")

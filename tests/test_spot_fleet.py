@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from core.aws import ec2, ecs
+from core.aws import ec2, ecs, launch_template
 from core.aws.clients import AwsClients
 from core.config import parse_config
 from core.errors import ConfigError, FleetError
@@ -159,7 +159,7 @@ def test_every_fleet_file_mistake_is_reported_at_once(tmp_path: Path) -> None:
 
 def request_for(document: dict[str, Any], **changes: Any) -> dict[str, Any]:
     values: dict[str, Any] = dict(
-        launch_template=ec2.LaunchTemplateRef(id="lt-1", version=3),
+        launch_template=launch_template.LaunchTemplateRef(id="lt-1", version=3),
         run_id="r1",
         machine_types=("m5.xlarge", "c5.2xlarge"),
         machines=3,
@@ -205,12 +205,12 @@ def test_subnets_listed_in_the_launch_specification_become_overrides() -> None:
         [{"InstanceType": "m5.large", "SubnetId": "subnet-a"}],
         [{"InstanceType": "m5.large", "SubnetId": "subnet-b"}],
     ]
-    data = ec2.launch_template_data(document, ebs_volume_gb=40, cluster="c", image_id="ami-1", tags=TAGS)
+    data = launch_template.launch_template_data(document, ebs_volume_gb=40, cluster="c", image_id="ami-1", tags=TAGS)
     assert data["SecurityGroupIds"] == ["sg-1"]
 
 
 def test_the_launch_template_joins_the_cluster_requires_imdsv2_and_sizes_the_root_volume() -> None:
-    data = ec2.launch_template_data(
+    data = launch_template.launch_template_data(
         fleet_file(), ebs_volume_gb=80, cluster="demo-cluster", image_id="ami-ecs", tags=TAGS
     )
     script = base64.b64decode(data["UserData"]).decode()
@@ -226,14 +226,14 @@ def test_the_launch_template_joins_the_cluster_requires_imdsv2_and_sizes_the_roo
 
 
 def test_a_root_volume_is_added_when_the_fleet_file_has_none_and_an_old_snapshot_is_dropped() -> None:
-    assert ec2.launch_template_data(
+    assert launch_template.launch_template_data(
         fleet_file(BlockDeviceMappings=[]), ebs_volume_gb=30, cluster="c", image_id="a", tags=TAGS
     )["BlockDeviceMappings"] == [
         {"DeviceName": "/dev/xvda", "Ebs": {"VolumeType": "gp3", "DeleteOnTermination": True, "VolumeSize": 30}}
     ]
     old_root = {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-1", "VolumeSize": 8}}
     old = fleet_file(BlockDeviceMappings=[old_root])
-    data = ec2.launch_template_data(old, ebs_volume_gb=30, cluster="c", image_id="a", tags=TAGS)
+    data = launch_template.launch_template_data(old, ebs_volume_gb=30, cluster="c", image_id="a", tags=TAGS)
     assert data["BlockDeviceMappings"][0]["Ebs"] == {"VolumeSize": 30}
 
 
@@ -243,13 +243,13 @@ def test_the_public_ip_setting_of_the_fleet_file_is_kept_as_written(public_ip: b
     document = fleet_file()
     document["LaunchSpecifications"][0]["NetworkInterfaces"][0]["AssociatePublicIpAddress"] = public_ip
     original = copy.deepcopy(document)
-    data = ec2.launch_template_data(document, ebs_volume_gb=30, cluster="c", image_id="a", tags=TAGS)
+    data = launch_template.launch_template_data(document, ebs_volume_gb=30, cluster="c", image_id="a", tags=TAGS)
     assert data["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is public_ip
     assert document == original  # the fleet file itself is not changed
 
 
 def test_the_ecs_optimized_amazon_linux_2023_ami_comes_from_ssm() -> None:
-    assert ec2.resolve_ecs_ami(boto3.client("ssm"), "us-east-1").startswith("ami-")
+    assert launch_template.resolve_ecs_ami(boto3.client("ssm"), "us-east-1").startswith("ami-")
 
 
 # Error events
@@ -331,10 +331,10 @@ def test_an_error_event_without_a_description_does_not_crash_and_every_page_is_r
 
 
 def request_moto_fleet(client: Any, machines: int = 2) -> str:
-    template = ec2.ensure_launch_template(
+    template = launch_template.ensure_launch_template(
         client,
         "distributed-r1",
-        ec2.launch_template_data(fleet_file(), ebs_volume_gb=30, cluster="c", image_id="ami-1", tags=TAGS),
+        launch_template.launch_template_data(fleet_file(), ebs_volume_gb=30, cluster="c", image_id="ami-1", tags=TAGS),
         TAGS,
     )
     return ec2.request_fleet(
@@ -452,7 +452,7 @@ def test_start_sets_up_the_cluster_task_definition_service_and_fleet_of_the_run(
     template = ec2_client.describe_launch_template_versions(LaunchTemplateName=resource_name("r1"))
     data = template["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
-    assert data["ImageId"] == ec2.resolve_ecs_ami(boto3.client("ssm"), "us-east-1")
+    assert data["ImageId"] == launch_template.resolve_ecs_ami(boto3.client("ssm"), "us-east-1")
     assert backend(None).status(handle).running == 4
 
 
@@ -618,10 +618,12 @@ def test_scale_in_terminates_idle_machines_only_down_to_the_new_target(tmp_path:
 def test_a_second_launch_template_of_a_run_becomes_a_new_version_of_the_same_template() -> None:
     """A start retried after its launch template was made but before its fleet was requested."""
     client = boto3.client("ec2")
-    data = ec2.launch_template_data(fleet_file(), ebs_volume_gb=30, cluster="c", image_id="ami-12345678", tags=TAGS)
+    data = launch_template.launch_template_data(
+        fleet_file(), ebs_volume_gb=30, cluster="c", image_id="ami-12345678", tags=TAGS
+    )
 
-    first = ec2.ensure_launch_template(client, resource_name("r1"), data, TAGS)
-    second = ec2.ensure_launch_template(client, resource_name("r1"), data, TAGS)
+    first = launch_template.ensure_launch_template(client, resource_name("r1"), data, TAGS)
+    second = launch_template.ensure_launch_template(client, resource_name("r1"), data, TAGS)
 
     assert (second.id, second.version) == (first.id, first.version + 1)
 
@@ -688,7 +690,7 @@ def test_a_second_launch_specification_adds_its_subnet_and_zone_for_every_machin
         [{"InstanceType": "m5.xlarge", "SubnetId": subnet_b, "AvailabilityZone": "us-east-1b"}],
     ]
     # The launch template leaves subnet and zone to the overrides.
-    data = ec2.launch_template_data(document, ebs_volume_gb=30, cluster="c", image_id="ami-1", tags=TAGS)
+    data = launch_template.launch_template_data(document, ebs_volume_gb=30, cluster="c", image_id="ami-1", tags=TAGS)
     assert "SubnetId" not in data["NetworkInterfaces"][0] and "Placement" not in data
 
 

@@ -2,8 +2,8 @@
 it with its value and the fix, offline, before any AWS call.
 
 Its first launch specification is the template of every machine; each further entry adds a subnet
-and zone, and may differ from the first in nothing else (core/aws/ec2.py turns them into one launch
-template and its overrides). The example's placeholders (account XXXXXXXXXXXX, subnet-WWWWWWWW,
+and zone, and may differ from the first in nothing else (core/aws/launch_template.py turns them into
+one launch template and its overrides). The example's placeholders (account XXXXXXXXXXXX, subnet-WWWWWWWW,
 sg-ZZZZZZZZZ, your_key_file_name) are caught here, so preflight never blames them on the account.
 """
 
@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from core.aws import ec2 as ec2_api
+from core.aws import launch_template as template_api
 from core.errors import ConfigError
 
 DS_DOCKER_DEVICE = "/dev/xvdcz"  # Distributed-Something's devicemapper disk (Amazon Linux 1)
@@ -73,7 +73,7 @@ def _network_problems(index: int, spec: dict[str, Any]) -> list[str]:
     where = f"LaunchSpecifications[{index}]"
     interface = (spec.get("NetworkInterfaces") or [{}])[0]
     subnet_field = f"{where}.SubnetId" if spec.get("SubnetId") else f"{where}.NetworkInterfaces[0].SubnetId"
-    subnets = ec2_api.spec_subnets(spec)
+    subnets = template_api.spec_subnets(spec)
     problems = [] if subnets else [f"{where}: no subnet; set SubnetId, or NetworkInterfaces[0].SubnetId"]
     problems += [
         f"{subnet_field} {subnet!r} is a placeholder or a typo, not a subnet id (subnet- and 8 or 17 hex digits). "
@@ -109,8 +109,8 @@ def _network_problems(index: int, spec: dict[str, Any]) -> list[str]:
 def _entry_problems(index: int, first: dict[str, Any], spec: dict[str, Any]) -> list[str]:
     """An entry after the first may differ from it only in subnet and zone: every machine starts from one
     launch template made of the first entry; the others give their subnet and zone to the request."""
-    shared = {k: v for k, v in ec2_api.without_placement(first).items() if k not in CONFIG_FIELDS}
-    own = {k: v for k, v in ec2_api.without_placement(spec).items() if k not in CONFIG_FIELDS}
+    shared = {k: v for k, v in template_api.without_placement(first).items() if k not in CONFIG_FIELDS}
+    own = {k: v for k, v in template_api.without_placement(spec).items() if k not in CONFIG_FIELDS}
     differing = sorted(key for key in shared.keys() | own.keys() if shared.get(key) != own.get(key))
     if not differing:
         return []
@@ -140,7 +140,7 @@ def fleet_file_problems(fleet_file: dict[str, Any]) -> list[str]:
         ]
     spec: dict[str, Any] = specs[0]
     problems += _instance_profile_problems(spec)
-    unknown = sorted(spec.keys() - ec2_api.TEMPLATE_FIELDS - CONFIG_FIELDS)
+    unknown = sorted(spec.keys() - template_api.TEMPLATE_FIELDS - CONFIG_FIELDS)
     if unknown:
         problems.append(f"LaunchSpecifications[0]: {', '.join(unknown)} not supported here; remove them")
     for index, entry in enumerate(specs):

@@ -1,8 +1,8 @@
 """The `spot-fleet` fleet: workers as ECS tasks on EC2 Spot machines that join a cluster.
 
 Before anything is created, the fleet file and the sizes are checked (`load_fleet_file` in
-core/fleets/fleet_file.py, `validate_spot_fleet`): every mistake that would fail on AWS, or leave containers unplaced on paid
-machines, is named with its fix.
+core/fleets/fleet_file.py, `validate_spot_fleet`): every mistake that would fail on AWS, or leave
+containers unplaced on paid machines, is named with its fix.
 
 Everything a run creates is named after its run id (`distributed-<run id>`: task definition
 family, service, launch template) and tagged `run-id` and `created-by`, so status, scale-in and stop
@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.aws import ec2 as ec2_api
 from core.aws import ecs as ecs_api
+from core.aws import launch_template as template_api
 from core.aws import logs as logs_api
 from core.aws.clients import AwsClients
 from core.aws.ec2 import MachineSize
@@ -174,9 +175,9 @@ def validate_spot_fleet(
                 f"container.cpu_units × fleet.tasks_per_machine = {cpu} does not fit {kind} "
                 f"({size.vcpus * 1024} cpu units): lower either, or pick a larger type"
             )
-    if settings.ebs_volume_gb < ec2_api.ROOT_SNAPSHOT_GB and not fleet_file_image(fleet_file):
+    if settings.ebs_volume_gb < template_api.ROOT_SNAPSHOT_GB and not fleet_file_image(fleet_file):
         problems.append(
-            f"fleet.ebs_volume_gb: the ECS-optimized AMI's root volume is {ec2_api.ROOT_SNAPSHOT_GB} GB; "
+            f"fleet.ebs_volume_gb: the ECS-optimized AMI's root volume is {template_api.ROOT_SNAPSHOT_GB} GB; "
             f"use at least that"
         )
     return problems
@@ -306,15 +307,15 @@ class SpotFleet:
         self, settings: SpotFleetSettings, fleet_file: dict[str, Any], run_id: str, tags: dict[str, str]
     ) -> str:
         name = resource_name(run_id)
-        image_id = fleet_file_image(fleet_file) or ec2_api.resolve_ecs_ami(self._ssm, settings.region)
-        data = ec2_api.launch_template_data(
+        image_id = fleet_file_image(fleet_file) or template_api.resolve_ecs_ami(self._ssm, settings.region)
+        data = template_api.launch_template_data(
             fleet_file,
             ebs_volume_gb=settings.ebs_volume_gb,
             cluster=settings.ecs_cluster,
             image_id=image_id,
             tags={**tags, "Name": f"{settings.app_name}-worker"},
         )
-        template = ec2_api.ensure_launch_template(self._ec2, name, data, tags)
+        template = template_api.ensure_launch_template(self._ec2, name, data, tags)
         now = datetime.now(UTC)
         config = ec2_api.build_spot_fleet_request(
             fleet_file,
@@ -447,6 +448,6 @@ class SpotFleet:
         described = ecs_api.describe_cluster(self._ecs, cluster) if cluster else None
         if described and ecs_api.tags_of(described).get(TAG_RUN_ID) == run_id:
             ecs_api.delete_cluster_if_empty(self._ecs, cluster)
-        ec2_api.delete_launch_template(self._ec2, name)
+        template_api.delete_launch_template(self._ec2, name)
         ecs_api.deregister_task_definitions(self._ecs, name)
         logger.info("Spot Fleet of run %s stopped", run_id)
