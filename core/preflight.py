@@ -26,6 +26,7 @@ from core.aws.clients import AwsClients, error_code
 from core.aws.sts import Identity, caller_identity
 from core.config import RunConfig
 from core.errors import ConfigError
+from core.fleets import docker as docker_fleet
 from core.fleets import spot_fleet
 from core.fleets.fleet_file import (
     INSTANCE_PROFILE_ARN,
@@ -65,18 +66,29 @@ def _guarded(check: str, run: Callable[[], list[CheckRow]]) -> list[CheckRow]:
 
 def run_preflight(clients: AwsClients, config: RunConfig) -> PreflightReport:
     """Check the buckets, the queue names and, for the spot-fleet backend, the fleet file against
-    the account: IAM, network, key pair, AMI, sizes and the Spot vCPU quota."""
+    the account: IAM, network, key pair, AMI, sizes and the Spot vCPU quota; for the docker backend,
+    the engine and the worker image."""
     s3_client = clients.client("s3")
     rows = _bucket_rows(s3_client, config)
     if config.queue.name:
         rows += _guarded("queue name", lambda: _queue_rows(clients.client("sqs"), config))
     if config.fleet.backend == spot_fleet.BACKEND:
         rows += _spot_fleet_rows(clients, config)
+    if config.fleet.backend == docker_fleet.BACKEND:
+        rows += _docker_rows(clients, config)
     report = PreflightReport(rows=rows)
     logger.info(
         "Preflight: %d check(s), %d problem(s), %d warning(s)", len(rows), len(report.problems), len(report.warnings)
     )
     return report
+
+
+def _docker_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
+    """The engine and the worker image that the docker fleet runs."""
+    found = docker_fleet.DockerFleet.from_clients(clients, config).problems()
+    if not found:
+        return [_ok("docker", f"a Docker engine answers and has the worker image {config.container.image}")]
+    return [_problem("docker", detail, fix) for detail, fix in found]
 
 
 def _bucket_rows(s3_client: BaseClient, config: RunConfig) -> list[CheckRow]:

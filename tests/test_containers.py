@@ -147,15 +147,16 @@ def test_a_batch_runs_through_the_flow_in_worker_containers_built_on(
     assert containers_of(summary.run_id) == []
 
 
+@pytest.mark.parametrize("preflight", [True, False], ids=["in-the-preflight", "in-setup-without-preflight"])
 def test_a_run_whose_image_is_missing_stops_before_creating_anything(
-    worker_image: Callable[[str], str], aws: str, tmp_path: Path, prefect_api: None
+    preflight: bool, worker_image: Callable[[str], str], aws: str, tmp_path: Path, prefect_api: None
 ) -> None:
     from core.errors import ConfigError
     from flows.distributed import distributed
 
     worker_image("bookworm-python")  # an engine answers
-    settings = write_batch(tmp_path, "distributed-test/no-such-image:1", SHELL_PROGRAM)
-    with pytest.raises(ConfigError, match=r"container.image: the Docker engine has no image .*Fix: build it"):
+    settings = write_batch(tmp_path, "distributed-test/no-such-image:1", SHELL_PROGRAM, preflight=preflight)
+    with pytest.raises(ConfigError, match=r"(?s)has no image 'distributed-test/no-such-image:1'.*[Ff]ix: build it"):
         distributed(config=settings)
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
 
@@ -184,6 +185,23 @@ def test_no_engine_is_a_config_error_that_says_how_to_start_one(
         fleet.preflight()
     # The janitor finds nothing to stop rather than failing.
     assert fleet.running_fleets() == []
+
+
+def test_the_preflight_table_lists_a_missing_worker_image_with_its_fix(
+    worker_image: Callable[[str], str], aws: str, tmp_path: Path
+) -> None:
+    from core.preflight import run_preflight
+
+    image = worker_image("bookworm-python")
+    missing = parse_config(write_batch(tmp_path, "distributed-test/no-such-image:1", SHELL_PROGRAM), "test")
+    (row,) = [row for row in run_preflight(_clients(), missing).rows if row.check == "docker"]
+    assert (row.status, row.detail) == (
+        "problem",
+        "container.image: the Docker engine has no image 'distributed-test/no-such-image:1'",
+    )
+    assert row.fix.startswith("build it on top of your program's image: docker build --build-arg BASE_IMAGE=")
+    ready = parse_config(write_batch(tmp_path, image, SHELL_PROGRAM), "test")
+    assert [row.status for row in run_preflight(_clients(), ready).rows if row.check == "docker"] == ["ok"]
 
 
 def _settings(config: RunConfig) -> Any:

@@ -103,15 +103,13 @@ class DockerFleet(ThisMachine):
         return self._settings
 
     def _engine(self) -> docker.DockerClient:
-        """A client of the engine that answers; ConfigError with the fix when none does."""
+        """A client of the engine that answers; ConfigError saying where none did."""
         try:
             engine = docker.from_env()
             engine.ping()
         except DockerException as exc:
             where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-            raise ConfigError(
-                f"fleet.backend 'docker': no Docker engine answers at {where} ({exc}). Fix: {ENGINE_HINT}"
-            ) from None
+            raise ConfigError(f"fleet.backend 'docker': no Docker engine answers at {where} ({exc})") from None
         return engine
 
     def _containers(self, run_id: str | None, running_only: bool = False) -> list[Any]:
@@ -126,22 +124,35 @@ class DockerFleet(ThisMachine):
         except DockerException:
             return []  # no engine: nothing of ours can be running
 
-    def preflight(self) -> None:
-        """Raises ConfigError when no engine answers, or the image is missing or not a worker image."""
+    def problems(self) -> list[tuple[str, str]]:
+        """What would stop the containers from starting, each as (what is wrong, its fix); empty
+        when nothing would. Creates nothing."""
         settings = self._require_settings()
-        engine = self._engine()
+        try:
+            engine = self._engine()
+        except ConfigError as exc:
+            return [(str(exc), ENGINE_HINT)]
+        build = BUILD_HINT.format(image=settings.image)
         try:
             image = engine.images.get(settings.image)
         except ImageNotFound:
-            raise ConfigError(
-                f"container.image: the Docker engine has no image {settings.image!r}. "
-                f"Fix: {BUILD_HINT.format(image=settings.image)}"
-            ) from None
+            return [(f"container.image: the Docker engine has no image {settings.image!r}", build)]
         if WORKER_IMAGE_LABEL not in (image.labels or {}):
-            raise ConfigError(
-                f"container.image: {settings.image!r} was not built from worker/Dockerfile (it has no label "
-                f"{WORKER_IMAGE_LABEL}), so it would not run the worker. Fix: {BUILD_HINT.format(image=settings.image)}"
-            )
+            return [
+                (
+                    f"container.image: {settings.image!r} was not built from worker/Dockerfile (it has no label "
+                    f"{WORKER_IMAGE_LABEL}), so it would not run the worker",
+                    build,
+                )
+            ]
+        return []
+
+    def preflight(self) -> None:
+        """Raises ConfigError, with the fix, when no engine answers, or the image is missing or is not
+        a worker image."""
+        found = self.problems()
+        if found:
+            raise ConfigError("\n".join(f"{detail}. Fix: {fix}" for detail, fix in found))
 
     def handle_for(self, run_id: str, workers: int = 0) -> FleetHandle:
         return FleetHandle(backend=BACKEND, id=run_id, workers=workers)
