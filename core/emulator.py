@@ -76,7 +76,10 @@ def moto_server(log_path: Path | None = None, call_log: Path | None = None) -> I
 
 
 def reset(endpoint: str) -> None:
-    """Empty the emulator: every queue, bucket and other resource is gone."""
+    """Empty the emulator: every queue, bucket and other resource is gone.
+
+    Generous time limit: on a loaded machine, emptying a server that held many resources has taken
+    more than ten seconds."""
     request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(request, timeout=10):
+    with urllib.request.urlopen(request, timeout=60):
         pass

@@ -169,7 +169,9 @@ def test_the_local_fleets_workers_are_stopped_and_its_log_folder_removed_unless_
 
     result = run_cleanup(config, resources)
 
-    assert local_worker.wait(timeout=5) == -signal.SIGTERM
+    # Stopped long before its 120 s sleep ends: the wait raises otherwise. (Its status is -SIGTERM, or
+    # 0 when the fleet's own liveness check reaped it first, since this test process is its parent.)
+    assert local_worker.wait(timeout=5) in (-signal.SIGTERM, 0)
     folder = local_state / RUN_ID
     assert f"fleet {folder}" in result.deleted
     if keep_local_logs:

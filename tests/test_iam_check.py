@@ -98,7 +98,7 @@ def test_removing_a_grant_the_workers_need_fails_the_worker_tests_run_as_subproc
     worker_tests = REPO / "tests" / "test_worker_process.py"
 
     result = pytester.runpytest_subprocess(
-        f"{worker_tests}::test_a_failing_program_is_retried_then_dead_lettered_without_uploading",
+        f"{worker_tests}::test_a_program_that_fails_job_retries_times_is_dead_lettered_by_the_worker_with_each_runs_record",
         f"{worker_tests}::test_a_missing_input_is_dead_lettered_at_once_with_the_reason",
         f"--iam-policies={policies}",
         f"--rootdir={REPO}",

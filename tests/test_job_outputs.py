@@ -119,7 +119,8 @@ def test_dcp_metadata_gives_fields_placeholders_and_job_variables_and_keeps_its_
     message = parse_message(JobMessage.for_job(job, "run-1").body())
     argv = render_command("cp -g {Metadata} --plate {Metadata_Plate}", message, "/in", "/out")
     assert argv == ["cp", "-g", "Metadata_Plate=P1,Metadata_Well=A01,Metadata_Site=1", "--plate", "P1"]
-    environment = job_environment(message)
+    environment, files = job_environment(message, "/job/fields")
+    assert files == {}
     assert environment["JOB_METADATA_WELL"] == "A01"
     assert environment["JOB_METADATA"] == "Metadata_Plate=P1,Metadata_Well=A01,Metadata_Site=1"
 

@@ -74,5 +74,5 @@ def test_a_failed_attempt_is_retried_after_retry_delay_s_not_at_once(make_stack:
     assert second - first >= RETRY_DELAY_S
     outcome = stack.outcome("job-flaky")
     assert (outcome["status"], outcome["attempt"]) == ("succeeded", 2)
-    assert stack.keys(RECORDS_BUCKET, f"runs/{RUN_ID}/attempts/") == [f"runs/{RUN_ID}/attempts/job-flaky.json"]
+    assert stack.keys(RECORDS_BUCKET, f"runs/{RUN_ID}/attempts/") == [f"runs/{RUN_ID}/attempts/job-flaky.1.json"]
     assert stack.text(OUTPUT_BUCKET, "results/job-flaky/result.txt") == "second try"
