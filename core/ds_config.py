@@ -200,7 +200,9 @@ def convert_ds_config(
     for name, value in values.items():
         if name in DS_NAMES:
             if name in ("SOURCE_BUCKET", "DESTINATION_BUCKET") and _is_off(value):
-                continue  # DCP's 'False': AWS_BUCKET serves
+                instead = f"off in config.py: nothing to do (AWS_BUCKET serves; {DS_NAMES[name]} defaults to bucket)"
+                left_out.append(LeftOut(setting=name, value=repr(value), instead=instead))
+                continue
             _put(settings, DS_NAMES[name], _carry(name, value))
             carried.append(name)
             if name == "SQS_DEAD_LETTER_QUEUE" and isinstance(value, str) and QUEUE_ARN.match(value):

@@ -185,6 +185,18 @@ def test_config_py_is_read_never_run_and_what_is_no_literal_is_listed_with_its_l
     assert all("nothing is run" in item.instead for item in unreadable)
 
 
+def test_dcps_source_and_destination_buckets_set_to_false_leave_aws_bucket_for_both() -> None:
+    text = "AWS_BUCKET = 'lab-records'\nSOURCE_BUCKET = 'False'\nDESTINATION_BUCKET = 'False'\n"
+
+    conversion = convert_ds_config(text, "config.py", job_file="j.json", command="run")
+
+    assert conversion.settings["bucket"] == "lab-records"
+    assert "input_bucket" not in conversion.settings and "output_bucket" not in conversion.settings
+    assert {item.setting: item.instead for item in conversion.left_out}["SOURCE_BUCKET"].startswith(
+        "off in config.py: nothing to do (AWS_BUCKET serves; input_bucket defaults to bucket)"
+    )
+
+
 def test_a_setting_of_the_users_own_is_listed_with_how_to_pass_it_to_the_program() -> None:
     conversion = convert_ds_config("APP_NAME = 'cells'\nTHRESHOLD = 3\n", "config.py", job_file="j", command="run")
 
