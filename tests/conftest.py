@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -65,10 +66,45 @@ def aws_mock() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """A Prefect API for flow-level tests, started once per session."""
+# Under pytest-xdist the controller starts one Prefect test server and hands its URL to every worker
+# in this variable: one server to start and keep busy instead of one per worker, which on a small
+# machine is most of a worker's start-up.
+SHARED_PREFECT_API = "DISTRIBUTED_TESTS_PREFECT_API_URL"
+PREFECT_STARTUP_S = 240  # generous: a loaded 2-core machine takes minutes to start a Prefect server
+_SHARED_SERVER = pytest.StashKey[ExitStack]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+        return  # not the controller of parallel workers: prefect_api starts its own server
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
+    server = ExitStack()
+    server.enter_context(prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_S))
+    os.environ[SHARED_PREFECT_API] = str(PREFECT_API_URL.value())  # the workers, started next, inherit it
+    config.stash[_SHARED_SERVER] = server
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(_SHARED_SERVER, None)
+    if server is not None:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A Prefect API for flow-level tests: the controller's shared server under pytest-xdist, else one
+    started once per session."""
+    from prefect.context import _temporary_global_settings_context, get_settings_context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    shared = os.environ.get(SHARED_PREFECT_API)
+    if shared is None:
+        with prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_S):
+            yield
+        return
+    # As the harness does: also for code whose context was copied before this fixture ran.
+    with temporary_settings({PREFECT_API_URL: shared}), _temporary_global_settings_context(get_settings_context()):
         yield

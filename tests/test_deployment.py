@@ -28,8 +28,10 @@ from deployments.local_stack import PREFECT, REPO, LocalStack, local_stack
 from tests.aws_calls import emulator_call_log
 
 DEMO_CONFIG = "deployments/demo/config.yaml"
-# One Prefect server for the whole module: under pytest-xdist its tests go to the same worker.
-pytestmark = pytest.mark.xdist_group("prefect-server")
+# One Prefect server for the whole module: under pytest-xdist its tests go to the same worker. The
+# first test also waits for that server, its worker and the emulator to start: on a loaded machine
+# that alone can take minutes, hence a longer hang guard than the suite's.
+pytestmark = [pytest.mark.xdist_group("prefect-server"), pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
