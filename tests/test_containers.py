@@ -73,6 +73,27 @@ def worker_image() -> Iterator[Callable[[str], str]]:
     yield build
 
 
+def test_a_build_from_the_repository_root_sends_neither_the_venv_nor_git(
+    worker_image: Callable[[str], str],
+) -> None:
+    worker_image("bookworm-nopython")
+    dockerfile = "FROM local/base:bookworm-nopython\nCOPY . /context\nRUN ls -a /context\n"
+    build = subprocess.run(
+        ["docker", "build", "--no-cache", "--rm", "-f-", "."],
+        input=dockerfile,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stderr
+    listed = set(build.stdout.split())
+    assert {"worker", "core", "pyproject.toml"} <= listed
+    assert not listed & {".venv", ".git", ".pytest_cache"}
+    image_id = build.stdout.strip().rsplit(" ", 1)[-1]
+    subprocess.run(["docker", "rmi", image_id], capture_output=True, timeout=120)
+
+
 @pytest.fixture
 def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Run by worker/Dockerfile, as root, on top of the program's image. Makes the worker runnable there
 # without touching the program's Python (worker/README.md, "Image"):
-#   1. a Python of 3.8 or newer: the image's own `python3`, or Debian's python3 (apt-get) when the
-#      image has none;
+#   1. a Python of 3.8 or newer: the image's own (`python3`, or a versioned `python3.X`), or Debian's
+#      python3 (apt-get) when the image has none;
 #   2. the worker's packages (requirements.txt) in /opt/distributed/lib, with pip --target: the
 #      program's Python never sees them, and keeps its own boto3 if it has one;
 #   3. an init as PID 1 (Debian's tini) that reaps the orphans of every job's program;
@@ -26,15 +26,20 @@ usable() {
 }
 
 mkdir -p "$PREFIX/bin" "$PREFIX/lib"
-python=$(command -v python3 || true)
+# `python3` first; some images name only a versioned one (CellProfiler's: python3.8).
+python=
+for candidate in python3 python3.14 python3.13 python3.12 python3.11 python3.10 python3.9 python3.8; do
+  found=$(command -v "$candidate" || true)
+  if [ -n "$found" ] && usable "$found"; then python=$found; break; fi
+done
+if [ -z "$python" ] && command -v python3 >/dev/null 2>&1; then
+  echo "worker/install.sh: $(command -v python3) is older than Python 3.8, which the worker needs" >&2
+  exit 1
+fi
 if [ -z "$python" ]; then
   echo "worker/install.sh: no python3 in the base image; installing Debian's"
   apt_install python3
   python=$(command -v python3)
-fi
-if ! usable "$python"; then
-  echo "worker/install.sh: $python is older than Python 3.8, which the worker needs" >&2
-  exit 1
 fi
 # The program's python3 may move or change later; the worker keeps the one it was installed for.
 python=$(readlink -f "$python")
