@@ -87,8 +87,8 @@ def _docker_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
     """The engine and the worker image that the docker fleet runs."""
     found = docker_fleet.DockerFleet.from_clients(clients, config).problems()
     if not found:
-        return [_ok("docker", f"a Docker engine answers and has the worker image {config.container.image}")]
-    return [_problem("docker", detail, fix) for detail, fix in found]
+        return [row_ok("docker", f"a Docker engine answers and has the worker image {config.container.image}")]
+    return [row_problem("docker", detail, fix) for detail, fix in found]
 
 
 def _bucket_rows(s3_client: BaseClient, config: RunConfig) -> list[CheckRow]:

@@ -14,10 +14,10 @@ from core.aws import sqs
 from core.batch import Batch
 from core.config import RunConfig
 from core.cost import CostEstimate
+from core.errors import DistributedError
 from core.fleets import fleet_backend
 from core.manifest import Manifest
 from core.models import CleanupResult, RunResources, RunSummary
-from core.errors import DistributedError
 from core.records import build_summary, dead_jobs, read_outcomes, read_summary, save_summary
 from tasks._aws import AWS_RETRIES, aws_clients
 from tasks.validate import ConfigParameter, resolve_config

@@ -31,10 +31,10 @@ from botocore.exceptions import ClientError
 
 from core import emulator
 from core.aws import sqs as sqs_ops
+from core.aws.sqs import read_dead_messages
 from core.config import QueueSettings
 from core.jobs import Job
 from core.manifest import Manifest
-from core.aws.sqs import read_dead_messages
 from core.models import RunResources, RunSummary
 from core.records import build_summary, dead_jobs, read_outcomes
 from worker import spot
