@@ -396,6 +396,7 @@ DS_NAMES: dict[str, str] = {
     "JOB_RETRIES": "queue.job_retries",
     "LOG_GROUP_NAME": "log_group_name",
     "CHECK_IF_DONE_BOOL": "check_if_done.enabled",
+    "DOWNLOAD_FILES": "download_files.enabled",
     "EXPECTED_NUMBER_FILES": "check_if_done.expected_number_files",
     "MIN_FILE_SIZE_BYTES": "check_if_done.min_file_size_bytes",
     "NECESSARY_STRING": "check_if_done.necessary_string",

@@ -31,7 +31,7 @@ HEADER = "# Converted from a Distributed-Something config.py"
 DCP_ONLY = frozenset({"SOURCE_BUCKET", "WORKSPACE_BUCKET", "DESTINATION_BUCKET", "DOWNLOAD_FILES", "ALWAYS_CONTINUE"})
 # run.py's default when a config.py has no JOB_RETRIES: Distributed-Something's fixed 10 attempts.
 DS_JOB_RETRIES = 10
-BOOLEAN_SETTINGS = frozenset({"CHECK_IF_DONE_BOOL"})
+BOOLEAN_SETTINGS = frozenset({"CHECK_IF_DONE_BOOL", "DOWNLOAD_FILES"})
 PLUGINS = "bake it into the worker image instead: worker/Dockerfile FROM your image, with the plugins installed"
 # Settings with no counterpart here, and what to do instead.
 INSTEAD: dict[str, str] = {
@@ -44,8 +44,6 @@ INSTEAD: dict[str, str] = {
     "give the job file's inputs as keys of input_bucket",
     "UPLOAD_FLAGS": "outputs are uploaded with no extra flags; for another account's bucket, give that bucket "
     "Object Ownership 'Bucket owner enforced' instead of --acl bucket-owner-full-control",
-    "DOWNLOAD_FILES": "there is no S3FS mount here: a job's inputs are always downloaded; list them in the job "
-    "file (inputs)",
     "ASSIGN_IP": "the fleet file's AssociatePublicIpAddress (NetworkInterfaces[0] of each LaunchSpecifications "
     "entry) is used as written; set it there",
     "AUTO_MONITOR": "the flow monitors every run itself, to the end, and cleans up: nothing to set",
@@ -209,7 +207,7 @@ def convert_ds_config(
                 notes.append(f"SQS_DEAD_LETTER_QUEUE is an ARN ({value}); its name is carried")
         elif name in INSTEAD:
             instead = INSTEAD[name]
-            if _is_off(value) and name not in ("AWS_PROFILE", "DOWNLOAD_FILES", "ASSIGN_IP"):
+            if _is_off(value) and name not in ("AWS_PROFILE", "ASSIGN_IP"):
                 instead = f"off in config.py: nothing to do ({instead})"
             left_out.append(LeftOut(setting=name, value=repr(value), instead=instead))
         elif SECRET_NAME.search(name):

@@ -86,6 +86,7 @@ def test_distributed_cellprofilers_config_py_carries_its_buckets_and_retries(tmp
     )
     assert config.queue_names("x") == ("DistributedCPQueue", "user_DeadMessages")
     assert config.fleet.backend == "spot-fleet"
+    assert config.download_files.enabled is False  # DOWNLOAD_FILES = 'False'
     assert config.fleet.fleet_file.resolve() == (DS_FILES / "dcp" / "exampleFleet_us-east-1.json").resolve()
     assert "fleet.fleet_file" not in left_out(conversion)
 
@@ -104,7 +105,6 @@ def test_distributed_cellprofilers_config_py_carries_its_buckets_and_retries(tmp
                 "SSH_KEY_NAME",
                 "WORKSPACE_BUCKET",
                 "UPLOAD_FLAGS",
-                "DOWNLOAD_FILES",
                 "ASSIGN_IP",
                 "AUTO_MONITOR",
                 "CREATE_DASHBOARD",
@@ -160,6 +160,13 @@ def test_an_old_style_dead_letter_queue_arn_is_carried_as_its_name() -> None:
 
     assert conversion.settings["queue"]["dead_letter_queue_name"] == "cells_DeadMessages"
     assert any("SQS_DEAD_LETTER_QUEUE is an ARN" in note for note in conversion.notes)
+
+
+def test_dcps_download_files_switch_is_carried_to_download_files_enabled() -> None:
+    conversion = convert_ds_config("APP_NAME = 'cells'\nDOWNLOAD_FILES = 'True'\n", "config.py", job_file="j", command="c")
+
+    assert conversion.settings["download_files"] == {"enabled": True}
+    assert "DOWNLOAD_FILES" in conversion.carried
 
 
 def test_config_py_is_read_never_run_and_what_is_no_literal_is_listed_with_its_line(tmp_path: Path) -> None:
@@ -250,7 +257,7 @@ def test_the_command_writes_the_config_prints_its_path_and_lists_what_was_not_ca
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "config.yaml"
-    assert done.stderr.startswith("Distributed-CellProfiler config.py: 25 setting(s) carried, 16 not carried")
+    assert done.stderr.startswith("Distributed-CellProfiler config.py: 26 setting(s) carried, 15 not carried")
     assert "  - WORKSPACE_BUCKET = 'bucket-name': there is one input bucket here" in done.stderr
     assert load_config_file(tmp_path / "config.yaml").command == "cp {pipeline}"
     missing = subprocess.run(
