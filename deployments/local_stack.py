@@ -62,8 +62,9 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
 
 
 @contextmanager
-def local_stack(home: Path, port: int = 4200) -> Iterator[LocalStack]:
-    """Everything started, deployments registered; stopped again on exit."""
+def local_stack(home: Path, port: int = 4200, startup_s: float = SERVER_STARTUP_S) -> Iterator[LocalStack]:
+    """Everything started, deployments registered; stopped again on exit. `startup_s`: how long the
+    Prefect server may take to answer (longer on a loaded machine)."""
     home.mkdir(parents=True, exist_ok=True)
     api_url = f"http://127.0.0.1:{port}/api"
     with ExitStack() as stack:
@@ -93,7 +94,7 @@ def local_stack(home: Path, port: int = 4200) -> Iterator[LocalStack]:
             return process
 
         server = start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log")
-        emulator.wait_until_up(f"{api_url}/health", server, SERVER_STARTUP_S, "the Prefect server")
+        emulator.wait_until_up(f"{api_url}/health", server, startup_s, "the Prefect server")
         for args in (
             [PREFECT, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"],
             [PREFECT, "--no-prompt", "deploy", "--all"],
