@@ -62,9 +62,12 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
 
 
 @contextmanager
-def local_stack(home: Path, port: int = 4200, call_log: Path | None = None) -> Iterator[LocalStack]:
+def local_stack(
+    home: Path, port: int = 4200, call_log: Path | None = None, startup_s: float = SERVER_STARTUP_S
+) -> Iterator[LocalStack]:
     """Everything started, deployments registered; stopped again on exit. `call_log`: see
-    core.emulator.moto_server."""
+    core.emulator.moto_server; `startup_s`: how long the Prefect server may take to answer (longer on a
+    loaded machine)."""
     home.mkdir(parents=True, exist_ok=True)
     api_url = f"http://127.0.0.1:{port}/api"
     with ExitStack() as stack:
@@ -94,7 +97,7 @@ def local_stack(home: Path, port: int = 4200, call_log: Path | None = None) -> I
             return process
 
         server = start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log")
-        emulator.wait_until_up(f"{api_url}/health", server, SERVER_STARTUP_S, "the Prefect server")
+        emulator.wait_until_up(f"{api_url}/health", server, startup_s, "the Prefect server")
         for args in (
             [PREFECT, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"],
             [PREFECT, "--no-prompt", "deploy", "--all"],

@@ -25,6 +25,8 @@ os.environ.update(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_HOME": str(_SESSION_HOME / "prefect"),
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
+        # Parallel workers share one Prefect test server; on a loaded machine it answers 503 at times.
+        "PREFECT_CLIENT_MAX_RETRIES": "10",
     }
 )
 for _name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "PREFECT_API_URL", "PREFECT_API_KEY"):

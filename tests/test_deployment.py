@@ -28,6 +28,7 @@ from deployments.local_stack import PREFECT, REPO, LocalStack, local_stack
 from tests.aws_calls import emulator_call_log
 
 DEMO_CONFIG = "deployments/demo/config.yaml"
+STACK_STARTUP_S = 240  # the stack's Prefect server, on a machine loaded by other test workers
 # One Prefect server for the whole module: under pytest-xdist its tests go to the same worker. The
 # first test also waits for that server, its worker and the emulator to start: on a loaded machine
 # that alone can take minutes, hence a longer hang guard than the suite's.
@@ -37,7 +38,9 @@ pytestmark = [pytest.mark.xdist_group("prefect-server"), pytest.mark.timeout(600
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """The stack's emulator records its requests, so its workers' calls are checked against their policy."""
-    with local_stack(tmp_path_factory.mktemp("stack"), port=free_port(), call_log=emulator_call_log()) as running:
+    with local_stack(
+        tmp_path_factory.mktemp("stack"), port=free_port(), call_log=emulator_call_log(), startup_s=STACK_STARTUP_S
+    ) as running:
         yield running
 
 
