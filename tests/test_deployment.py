@@ -232,7 +232,7 @@ def wait_until_clean(stack: LocalStack, flow_run_id: str) -> None:
         assert time.monotonic() < deadline, f"queues left: {slow_queues()}"
         time.sleep(1)
     while run_processes(flow_run_id):
-        assert time.monotonic() < deadline, f"the run's workers or programs are still running: {run_processes(flow_run_id)}"
+        assert time.monotonic() < deadline, f"the run's workers or programs still run: {run_processes(flow_run_id)}"
         time.sleep(1)
 
 
