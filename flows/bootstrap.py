@@ -27,6 +27,7 @@ def _bootstrap_markdown(result: BootstrapResult) -> str:
             f"`{result.instance_profile_arn}` |",
             f"| Spot Fleet role (fleet file: IamFleetRole) | `{result.fleet_role_arn}` |",
             f"| task role (config: fleet.task_role_arn) | `{result.task_role_arn}` |",
+            f"| task execution role (fargate config: fleet.execution_role_arn) | `{result.execution_role_arn}` |",
             "",
             "```",
             result.snippets().rstrip(),
