@@ -122,6 +122,9 @@ def run_preflight(clients: AwsClients, config: RunConfig) -> PreflightReport:
         rows += _guarded("queue name", lambda: _queue_rows(clients.client("sqs"), config))
     if config.fleet.backend == spot_fleet.BACKEND:
         rows += _spot_fleet_rows(clients, config)
+    from core.preflight_capacity import capacity_rows  # built on this module's rows
+
+    rows += capacity_rows(clients, config)
     report = PreflightReport(rows=rows)
     logger.info(
         "Preflight: %d check(s), %d problem(s), %d warning(s)", len(rows), len(report.problems), len(report.warnings)

@@ -26,6 +26,7 @@ from core.fleets.base import FleetRequest
 from core.fleets.ec2_spot import Ec2SpotSettings
 from tests.fakes import FakeClock
 from tests.test_fargate import capacity_config
+from tests.test_preflight_capacity import second_zone
 from tests.test_preflight import make_subnet
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
@@ -58,11 +59,8 @@ def start(fleet: Ec2SpotFleet, run_id: str = "r1") -> Any:
 
 
 def two_zones() -> list[str]:
-    ec2 = boto3.client("ec2")
     subnet, _ = make_subnet()
-    vpc = ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["VpcId"]
-    other = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.2.0/24", AvailabilityZone="us-east-1b")["Subnet"]["SubnetId"]
-    return [subnet, other]
+    return [subnet, second_zone(subnet)]
 
 
 def test_start_makes_a_spot_group_of_every_type_and_subnet_behind_a_capacity_provider(tmp_path: Path) -> None:
