@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,35 +30,25 @@ from core.models import RunSummary
 from tests.test_flow_end_to_end import BROKEN_WELL, BUCKET, upload_inputs, write_batch
 from tests.test_preflight import make_subnet
 from tests.test_preflight_capacity import second_zone
-from tests.test_spot_fleet_end_to_end import container_environment
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_with_stand_in_workers(config_path: Path, tmp_path: Path, moto_endpoint: str) -> tuple[RunSummary, dict[str, str]]:
-    """Run the flow; once its task definition exists, two worker processes take the place of its ECS tasks."""
-    from flows.distributed import distributed
+def container_environment(ecs: Any, family: str) -> dict[str, str]:
+    definition = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
+    (container,) = definition["containerDefinitions"]
+    return {pair["name"]: pair["value"] for pair in container["environment"]}
 
-    outcome: dict[str, Any] = {}
-    flow_thread = threading.Thread(
-        target=lambda: outcome.update(summary=distributed(config=str(config_path), return_state=True).result()),
-        daemon=True,
-    )
-    flow_thread.start()
-    ecs = boto3.client("ecs")
-    deadline = time.monotonic() + 120
-    families: list[str] = []
-    while not families:
-        assert time.monotonic() < deadline and flow_thread.is_alive(), f"no task definition appeared: {outcome}"
-        families = [arn.rsplit("/", 1)[-1].split(":")[0] for arn in ecs.list_task_definitions()["taskDefinitionArns"]]
-        time.sleep(0.5)
-    environment = container_environment(ecs, families[0])
+
+@contextmanager
+def stand_in_workers(environment: dict[str, str], workdir: Path, moto_endpoint: str, *, count: int) -> Iterator[None]:
+    """`count` worker processes with a container's environment, in the image's working directory, killed at exit."""
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "worker"],
-            cwd=tmp_path,
+            cwd=workdir,
             env={
                 **os.environ,
                 **environment,
@@ -67,15 +59,48 @@ def run_with_stand_in_workers(config_path: Path, tmp_path: Path, moto_endpoint: 
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for _ in range(2)
+        for _ in range(count)
     ]
     try:
-        flow_thread.join(timeout=240)
-        assert not flow_thread.is_alive(), "the flow did not finish"
+        yield
     finally:
         for worker in workers:
             worker.kill()
             worker.wait()
+
+
+def start_flow(config_path: Path) -> tuple[threading.Thread, dict[str, Any]]:
+    """The distributed flow in a thread; its summary lands in the returned mapping."""
+    from flows.distributed import distributed
+
+    outcome: dict[str, Any] = {}
+    flow_thread = threading.Thread(
+        target=lambda: outcome.update(summary=distributed(config=str(config_path), return_state=True).result()),
+        daemon=True,
+    )
+    flow_thread.start()
+    return flow_thread, outcome
+
+
+def first_task_definition(flow_thread: threading.Thread, outcome: dict[str, Any]) -> str:
+    """The family of the first task definition the run registers (two minutes at most)."""
+    ecs = boto3.client("ecs")
+    deadline = time.monotonic() + 120
+    families: list[str] = []
+    while not families:
+        assert time.monotonic() < deadline and flow_thread.is_alive(), f"no task definition appeared: {outcome}"
+        families = [arn.rsplit("/", 1)[-1].split(":")[0] for arn in ecs.list_task_definitions()["taskDefinitionArns"]]
+        time.sleep(0.5)
+    return families[0]
+
+
+def run_with_stand_in_workers(config_path: Path, tmp_path: Path, moto_endpoint: str) -> tuple[RunSummary, dict[str, str]]:
+    """Run the flow; once its task definition exists, two worker processes take the place of its ECS tasks."""
+    flow_thread, outcome = start_flow(config_path)
+    environment = container_environment(boto3.client("ecs"), first_task_definition(flow_thread, outcome))
+    with stand_in_workers(environment, tmp_path, moto_endpoint, count=2):
+        flow_thread.join(timeout=240)
+        assert not flow_thread.is_alive(), "the flow did not finish"
     summary = outcome["summary"]
     assert isinstance(summary, RunSummary), summary
     return summary, environment
