@@ -180,3 +180,17 @@ def test_a_group_that_cannot_launch_fails_the_start_with_the_fix(tmp_path: Path)
 def test_each_known_launch_failure_gets_its_fix(message: str, fix: str, waiting_helps: bool) -> None:
     problem = explain_launch(message)
     assert fix in problem.fix and problem.is_configuration_error is not waiting_helps
+
+
+def test_the_janitor_stops_the_group_of_a_run_that_is_over_and_leaves_a_running_ones(tmp_path: Path) -> None:
+    from core.janitor import sweep
+
+    subnets = two_zones()
+    start(fleet_for(config(tmp_path, subnets)), run_id="over")
+    start(fleet_for(config(tmp_path, subnets)), run_id="going")
+    clients = AwsClients(boto3.session.Session(), "us-east-1")
+    report = sweep(boto3.client("sqs"), [Ec2SpotFleet.from_clients(clients)], lambda run_id: run_id == "over")
+    assert report.removed == ["fleet lab/over (run over)"]
+    assert report.kept == ["fleet lab/going (run going is not over)"]
+    groups = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    assert [group["AutoScalingGroupName"] for group in groups] == ["distributed-going"]

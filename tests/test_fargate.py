@@ -252,3 +252,49 @@ def test_a_task_size_ecs_refuses_at_registration_becomes_a_config_error_with_the
     fleet._ecs.meta.events.register("before-call.ecs.RegisterTaskDefinition", refuse)
     with pytest.raises(ConfigError, match="No Fargate configuration exists for given values.*one of Fargate's task sizes"):
         start(fleet)
+
+
+def test_the_estimate_prices_each_ecs_task_by_its_size_disk_and_share_of_spot(tmp_path: Path) -> None:
+    subnet, _ = make_subnet()
+    run_config = config(tmp_path, [subnet], expected_job_minutes=30)
+    estimate = fleet_for(run_config).cost_estimate(jobs=12)
+    # 1 vCPU, 2 GB, 30 GB of disk beyond the 20 included: 0.04048 + 2 × 0.004445 + 30 × 0.000111 = 0.0527/h
+    # on FARGATE; four in five on FARGATE_SPOT at 30–50 %: 0.0527 × (0.8 × 0.3 + 0.2) = 0.023188,
+    # 0.0527 × (0.8 × 0.5 + 0.2) = 0.03162; three ECS tasks.
+    assert estimate.usd_per_hour is not None and estimate.total_usd is not None
+    assert (round(estimate.usd_per_hour.low, 6), round(estimate.usd_per_hour.high, 6)) == (0.069564, 0.09486)
+    assert estimate.hours == 2.0  # 12 jobs on 3 slots: 4 rounds of 30 min
+    assert (round(estimate.total_usd.low, 6), round(estimate.total_usd.high, 6)) == (0.139128, 0.18972)
+    assert estimate.text.startswith("Estimated cost: $0.069564–0.09486/h for 3 ECS task(s); $0.139128–0.18972 for 12")
+    assert any("AWS publishes no API" in line for line in estimate.assumptions)
+
+
+def test_the_spend_counts_each_ecs_task_from_its_image_pull_to_its_end_by_capacity_provider(tmp_path: Path) -> None:
+    """moto runs no ECS task on Fargate, so ListTasks and DescribeTasks are answered as ECS does."""
+    subnet, _ = make_subnet()
+    fleet = fleet_for(config(tmp_path, [subnet]))
+    handle = start(fleet)
+    now = datetime.now(UTC)
+    tasks = [
+        {"taskArn": "t1", "capacityProviderName": "FARGATE_SPOT", "cpu": "1024", "memory": "2048",
+         "pullStartedAt": now - timedelta(hours=2), "stoppedAt": now - timedelta(hours=1)},
+        {"taskArn": "t2", "capacityProviderName": "FARGATE", "cpu": "1024", "memory": "2048",
+         "pullStartedAt": now - timedelta(hours=1)},
+    ]
+    listed = iter([["t1"], ["t2"]])
+
+    def list_tasks(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        return AWSResponse("https://ecs.us-east-1.amazonaws.com", 200, {}, None), {"taskArns": next(listed, [])}
+
+    def describe_tasks(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        return AWSResponse("https://ecs.us-east-1.amazonaws.com", 200, {}, None), {"tasks": tasks}
+
+    fleet._ecs.meta.events.register("before-call.ecs.ListTasks", list_tasks)
+    fleet._ecs.meta.events.register("before-call.ecs.DescribeTasks", describe_tasks)
+    report = fleet.cost(handle)
+    on_demand = 0.04048 + 2 * 0.004445
+    assert [(t.instance_type, t.machines, round(t.hours, 3)) for t in report.by_type] == [
+        ("FARGATE", 1, 1.0), ("FARGATE_SPOT", 1, 1.0)
+    ]
+    assert round(report.total_usd, 6) == round(on_demand + on_demand * 0.5, 6)
+    assert report.text.startswith("Run r1: 2 ECS task(s), 2.0 ECS task-hours")
