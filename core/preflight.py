@@ -115,7 +115,8 @@ def _guarded(check: str, run: Callable[[], list[CheckRow]]) -> list[CheckRow]:
 
 def run_preflight(clients: AwsClients, config: RunConfig) -> PreflightReport:
     """Check the buckets, the queue names and, for the spot-fleet backend, the fleet file against
-    the account: IAM, network, key pair, AMI, sizes and the Spot vCPU quota."""
+    the account: IAM, network, key pair, AMI, sizes and the Spot vCPU quota; fargate's and ec2-spot's
+    rows come from core/preflight_capacity.py."""
     s3_client = clients.client("s3")
     rows = _bucket_rows(s3_client, config)
     if config.queue.name:

@@ -194,3 +194,15 @@ def test_the_janitor_stops_the_group_of_a_run_that_is_over_and_leaves_a_running_
     assert report.kept == ["fleet lab/going (run going is not over)"]
     groups = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
     assert [group["AutoScalingGroupName"] for group in groups] == ["distributed-going"]
+
+
+def test_starting_twice_adds_a_template_version_and_keeps_one_group_and_one_provider(tmp_path: Path) -> None:
+    fleet = fleet_for(config(tmp_path, two_zones()))
+    start(fleet)
+    start(fleet)
+    groups = boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    assert [group["AutoScalingGroupName"] for group in groups] == ["distributed-r1"]
+    template = groups[0]["MixedInstancesPolicy"]["LaunchTemplate"]["LaunchTemplateSpecification"]
+    assert template["Version"] == "2"
+    cluster = boto3.client("ecs").describe_clusters(clusters=["lab"])["clusters"][0]
+    assert cluster["capacityProviders"].count("distributed-r1") == 1
