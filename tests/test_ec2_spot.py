@@ -10,6 +10,7 @@ never fail, so a failed launch is answered by a before-call handler.
 from __future__ import annotations
 
 import base64
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,34 @@ def test_starting_twice_adds_a_template_version_and_keeps_one_group_and_one_prov
     assert template["Version"] == "2"
     cluster = boto3.client("ecs").describe_clusters(clusters=["lab"])["clusters"][0]
     assert cluster["capacityProviders"].count("distributed-r1") == 1
+
+
+def test_a_group_short_of_spot_capacity_is_waited_for_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    fleet = fleet_for(config(tmp_path, two_zones()), clock)
+    short = {
+        "ActivityId": "a1",
+        "AutoScalingGroupName": "distributed-r1",
+        "Cause": "capacity",
+        "StartTime": datetime.now(UTC) + timedelta(seconds=5),
+        "StatusCode": "Failed",
+        "StatusMessage": "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity "
+        "available that matches your request. Launching EC2 instance failed.",
+        "Progress": 100,
+    }
+
+    def answer(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        return AWSResponse("https://autoscaling.us-east-1.amazonaws.com", 200, {}, None), {"Activities": [short]}
+
+    fleet._autoscaling.meta.events.register("before-call.autoscaling.DescribeScalingActivities", answer)
+    fleet._ecs.meta.events.register(
+        "after-call.ecs.DescribeServices",
+        lambda parsed, **_: [service.update(runningCount=0) for service in parsed.get("services", [])],
+    )
+    with caplog.at_level(logging.WARNING):
+        handle = start(fleet)
+    assert handle.workers == 6 and clock.now >= 60  # waited to fleet.capacity_wait_s, then went on
+    warnings = [record.message for record in caplog.records if "InsufficientInstanceCapacity" in record.message]
+    assert len(warnings) == 1 and "add machine types (fleet.machine_types)" in warnings[0]

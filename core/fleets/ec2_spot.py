@@ -162,16 +162,19 @@ class Ec2SpotFleet(EcsServiceFleet):
         handle = self.start_service(
             request, ServicePlacement(strategy=(CapacityShare(provider=name, weight=1),))
         )
-        self.wait_for_tasks(handle, lambda since: self._launch_failures(name, since))
+        logged: set[str] = set()
+        self.wait_for_tasks(handle, lambda since: self._launch_failures(name, since, logged))
         return handle
 
-    def _launch_failures(self, group: str, since: datetime) -> list[str]:
-        """The group's failed launches that waiting cannot cure, with their fixes; capacity ones are logged."""
+    def _launch_failures(self, group: str, since: datetime, logged: set[str]) -> list[str]:
+        """The group's failed launches that waiting cannot cure, with their fixes; the others are logged
+        once each (`logged` holds those said already)."""
         fatal = []
         for problem in autoscaling_api.launch_problems(self._autoscaling, group, since):
             if problem.is_configuration_error:
                 fatal.append(f"  - {problem.message}\n    fix: {problem.fix}")
-            else:
+            elif problem.message not in logged:
+                logged.add(problem.message)
                 logger.warning("Auto Scaling group %s: %s. Fix: %s", group, problem.message, problem.fix)
         return fatal
 
