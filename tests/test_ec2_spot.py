@@ -59,6 +59,29 @@ def start(fleet: Ec2SpotFleet, run_id: str = "r1") -> Any:
     return fleet.start(FleetRequest(run_id=run_id, environment={"DISTRIBUTED_RUN_ID": run_id}))
 
 
+def failed_launches(fleet: Ec2SpotFleet, message: str) -> None:
+    """moto's scaling activities never fail: a before-call handler answers with one failed launch, and an
+    after-call handler makes the service run no ECS task (moto's reports them running at once)."""
+    failed = {
+        "ActivityId": "a1",
+        "AutoScalingGroupName": "distributed-r1",
+        "Cause": "an instance was started in response to a difference between desired and actual capacity",
+        "StartTime": datetime.now(UTC) + timedelta(seconds=5),
+        "StatusCode": "Failed",
+        "StatusMessage": message,
+        "Progress": 100,
+    }
+
+    def answer(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        return AWSResponse("https://autoscaling.us-east-1.amazonaws.com", 200, {}, None), {"Activities": [failed]}
+
+    fleet._autoscaling.meta.events.register("before-call.autoscaling.DescribeScalingActivities", answer)
+    fleet._ecs.meta.events.register(
+        "after-call.ecs.DescribeServices",
+        lambda parsed, **_: [service.update(runningCount=0) for service in parsed.get("services", [])],
+    )
+
+
 def two_zones() -> list[str]:
     subnet, _ = make_subnet()
     return [subnet, second_zone(subnet)]
@@ -142,25 +165,10 @@ def test_stop_from_the_run_id_alone_deletes_group_machines_provider_template_and
 
 def test_a_group_that_cannot_launch_fails_the_start_with_the_fix(tmp_path: Path) -> None:
     fleet = fleet_for(config(tmp_path, two_zones()))
-    failed = {
-        "ActivityId": "a1",
-        "AutoScalingGroupName": "distributed-r1",
-        "Cause": "At 2026-11-29T14:00:00Z an instance was started in response to a difference between desired and actual capacity",
-        "StartTime": datetime.now(UTC) + timedelta(seconds=5),
-        "StatusCode": "Failed",
-        "StatusMessage": "Value (distributed-ecs-instance) for parameter iamInstanceProfile.name is invalid. "
+    failed_launches(
+        fleet,
+        "Value (distributed-ecs-instance) for parameter iamInstanceProfile.name is invalid. "
         "Invalid IAM Instance Profile name. Launching EC2 instance failed.",
-        "Progress": 100,
-    }
-
-    def answer(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:
-        return AWSResponse("https://autoscaling.us-east-1.amazonaws.com", 200, {}, None), {"Activities": [failed]}
-
-    fleet._autoscaling.meta.events.register("before-call.autoscaling.DescribeScalingActivities", answer)
-    # No ECS task runs while no machine launches: moto's service would report them running at once.
-    fleet._ecs.meta.events.register(
-        "after-call.ecs.DescribeServices",
-        lambda parsed, **_: [service.update(runningCount=0) for service in parsed.get("services", [])],
     )
     with pytest.raises(FleetError) as raised:
         start(fleet)
@@ -214,24 +222,10 @@ def test_a_group_short_of_spot_capacity_is_waited_for_and_said_once(
 ) -> None:
     clock = FakeClock()
     fleet = fleet_for(config(tmp_path, two_zones()), clock)
-    short = {
-        "ActivityId": "a1",
-        "AutoScalingGroupName": "distributed-r1",
-        "Cause": "capacity",
-        "StartTime": datetime.now(UTC) + timedelta(seconds=5),
-        "StatusCode": "Failed",
-        "StatusMessage": "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity "
-        "available that matches your request. Launching EC2 instance failed.",
-        "Progress": 100,
-    }
-
-    def answer(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:
-        return AWSResponse("https://autoscaling.us-east-1.amazonaws.com", 200, {}, None), {"Activities": [short]}
-
-    fleet._autoscaling.meta.events.register("before-call.autoscaling.DescribeScalingActivities", answer)
-    fleet._ecs.meta.events.register(
-        "after-call.ecs.DescribeServices",
-        lambda parsed, **_: [service.update(runningCount=0) for service in parsed.get("services", [])],
+    failed_launches(
+        fleet,
+        "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity available that "
+        "matches your request. Launching EC2 instance failed.",
     )
     with caplog.at_level(logging.WARNING):
         handle = start(fleet)
