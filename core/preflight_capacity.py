@@ -26,7 +26,7 @@ from core.fleets import BACKENDS
 from core.fleets.ec2_spot import Ec2SpotFleet, Ec2SpotSettings
 from core.fleets.fargate import FargateFleet, FargateSettings
 from core.fleets.spot_fleet import MACHINE_SIZES, machine_fit_problems
-from core.preflight import BOOTSTRAP, CheckRow, _guarded
+from core.preflight import BOOTSTRAP, CheckRow, Status, _guarded
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 # What an ECS task on Fargate needs without a route to the internet: ECR (API, registry and its S3
@@ -36,8 +36,8 @@ FARGATE_ENDPOINTS = ("ecr.api", "ecr.dkr", "s3", "logs", "sqs")
 MACHINE_ENDPOINTS = ("ecs", "ecs-agent", "ecs-telemetry", "ecr.api", "ecr.dkr", "s3", "logs", "sqs")
 
 
-def _row(check: str, status: str, detail: str, fix: str = "") -> CheckRow:
-    return CheckRow(check=check, status=status, detail=detail, fix=fix)  # type: ignore[arg-type]
+def _row(check: str, status: Status, detail: str, fix: str = "") -> CheckRow:
+    return CheckRow(check=check, status=status, detail=detail, fix=fix)
 
 
 class _Account:
@@ -55,7 +55,7 @@ class _Account:
         """A role of this account, existing and trusted by `service`."""
         fix = f"{BOOTSTRAP} and set {setting} to the ARN it prints"
         if arn is None:
-            status = "problem" if required else "warning"
+            status: Status = "problem" if required else "warning"
             return [_row(check, status, f"{setting} is not set", fix)]
         account, name = iam_api.account_from_arn(arn), iam_api.name_from_arn(arn)
         if account != self.identity.account:

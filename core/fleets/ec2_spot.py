@@ -62,7 +62,7 @@ class Ec2SpotSettings(ServiceSettings):
     def from_config(cls, config: RunConfig) -> Ec2SpotSettings:
         fleet = config.fleet
         return cls(
-            **ServiceSettings.common(config, BACKEND, fleet.machines * fleet.tasks_per_machine),  # type: ignore[arg-type]
+            **ServiceSettings.shared(config, BACKEND, fleet.machines * fleet.tasks_per_machine),
             machines=fleet.machines,
             tasks_per_machine=fleet.tasks_per_machine,
             machine_types=fleet.machine_types,

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,30 +61,30 @@ class ServiceSettings(BaseModel):
     expected_job_minutes: float | None = Field(default=None, description="How long one job takes, for the estimate.")
 
     @staticmethod
-    def common(config: RunConfig, backend: str, workers: int) -> dict[str, object]:
-        """The shared fields from the config; raises ConfigError when it names no subnet."""
+    def shared(config: RunConfig, backend: str, workers: int) -> dict[str, Any]:
+        """The shared fields from the config, validated; raises ConfigError when it names no subnet."""
         fleet = config.fleet
         if not fleet.subnets:
             raise ConfigError(
                 f"fleet.subnets: the {backend} backend needs at least one subnet (several, in different zones, give "
                 f"Spot more room); list them with: aws ec2 describe-subnets --region {config.region}"
             )
-        return {
-            "app_name": config.app_name,
-            "region": config.region,
-            "ecs_cluster": fleet.ecs_cluster,
-            "workers": workers,
-            "processes": config.container.processes,
-            "image": config.container.image,
-            "cpu_units": config.container.cpu_units,
-            "memory_mib": config.container.memory_mib,
-            "log_group": config.log_group_name or config.app_name,
-            "task_role_arn": fleet.task_role_arn,
-            "subnets": fleet.subnets,
-            "security_groups": fleet.security_groups,
-            "capacity_wait_s": fleet.capacity_wait_s,
-            "expected_job_minutes": fleet.expected_job_minutes,
-        }
+        return ServiceSettings(
+            app_name=config.app_name,
+            region=config.region,
+            ecs_cluster=fleet.ecs_cluster,
+            workers=workers,
+            processes=config.container.processes,
+            image=config.container.image,
+            cpu_units=config.container.cpu_units,
+            memory_mib=config.container.memory_mib,
+            log_group=config.log_group_name or config.app_name,
+            task_role_arn=fleet.task_role_arn,
+            subnets=fleet.subnets,
+            security_groups=fleet.security_groups,
+            capacity_wait_s=fleet.capacity_wait_s,
+            expected_job_minutes=fleet.expected_job_minutes,
+        ).model_dump()
 
 
 def parse_handle(handle: FleetHandle) -> tuple[str, str]:

@@ -53,7 +53,7 @@ class FargateSettings(ServiceSettings):
     def from_config(cls, config: RunConfig) -> FargateSettings:
         fleet = config.fleet
         return cls(
-            **ServiceSettings.common(config, BACKEND, fleet.ecs_tasks),  # type: ignore[arg-type]
+            **ServiceSettings.shared(config, BACKEND, fleet.ecs_tasks),
             spot_weight=fleet.fargate_spot_weight,
             on_demand_weight=fleet.fargate_weight,
             assign_public_ip=fleet.assign_public_ip,
