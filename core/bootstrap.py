@@ -1,4 +1,4 @@
-"""The one-time account bootstrap of the spot-fleet backend, and `destroy`, its exact undoing.
+"""The one-time account bootstrap of the AWS backends, and `destroy`, its exact undoing.
 
 What it makes, each tagged created-by=prefect-distributed and distributed-bootstrap=true:
 
@@ -6,6 +6,8 @@ What it makes, each tagged created-by=prefect-distributed and distributed-bootst
   instance profile, which Distributed-Something's setup_AWS.py never made: fleets then failed with
   "Linux/UNIX: Value (...) for parameter iamInstanceProfile.arn is invalid";
 - the Spot Fleet role (trusted by Spot Fleet, AmazonEC2SpotFleetTaggingRole);
+- the ECS task execution role (trusted by ECS tasks, AWS's AmazonECSTaskExecutionRolePolicy), with
+  which Fargate pulls the image and sends the containers' output to CloudWatch Logs;
 - the workers' ECS task role (trusted by ECS tasks) with one inline policy granting the config's
   buckets, the account's queues, log streams and task scale-in protection: the grants of
   deployments/aws/iam/task-role-policy.json, instead of Distributed-Something's *FullAccess set;
@@ -47,6 +49,7 @@ SPOT_FLEET = "spotfleet.amazonaws.com"
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 INSTANCE_POLICY = "service-role/AmazonEC2ContainerServiceforEC2Role"
 FLEET_POLICY = "service-role/AmazonEC2SpotFleetTaggingRole"
+EXECUTION_POLICY = "service-role/AmazonECSTaskExecutionRolePolicy"
 LOG_EXPORT_SIDS = ("DistributedLogExportAcl", "DistributedLogExportWrite")
 LOG_EXPORT_PREFIX = "runs"
 TASK_BUCKETS_SID = "InputsOutputsRecords"
@@ -85,6 +88,14 @@ class BootstrapNames(_Model):
         return f"{self.prefix}-task"
 
     @property
+    def execution_role(self) -> str:
+        return f"{self.prefix}-task-execution"
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return (self.instance_role, self.fleet_role, self.task_role, self.execution_role)
+
+    @property
     def task_policy(self) -> str:
         return f"{self.prefix}-task-access"
 
@@ -95,6 +106,7 @@ class BootstrapResult(_Model):
     instance_profile_arn: str = Field(description="LaunchSpecifications[0].IamInstanceProfile.Arn of the fleet file.")
     fleet_role_arn: str = Field(description="IamFleetRole of the fleet file.")
     task_role_arn: str = Field(description="fleet.task_role_arn of the config.")
+    execution_role_arn: str = Field(description="fleet.execution_role_arn of a fargate config.")
     created: list[str] = Field(description="What this bootstrap created.")
     updated: list[str] = Field(description="What was ours but had drifted, and was put right.")
     unchanged: list[str] = Field(description="What was there already, as it should be.")
@@ -111,6 +123,8 @@ class BootstrapResult(_Model):
             "Config:\n"
             "  fleet:\n"
             f"    task_role_arn: {self.task_role_arn}\n"
+            f"    execution_role_arn: {self.execution_role_arn}      # fargate\n"
+            f"    instance_profile_arn: {self.instance_profile_arn}  # ec2-spot\n"
         )
 
 
@@ -255,7 +269,7 @@ class _Bootstrap:
         """Roles and the instance profile that have our names but not our tag."""
         found = [
             (f"role {name}", iam_api.get_role(self.iam, name))
-            for name in (self.names.instance_role, self.names.fleet_role, self.names.task_role)
+            for name in self.names.roles
         ]
         profile = self.names.instance_profile
         found.append((f"instance profile {profile}", iam_api.get_instance_profile(self.iam, profile)))
@@ -359,13 +373,20 @@ def bootstrap(
     profile_arn = run.instance_profile(names.instance_role)
     fleet_role_arn = run.role(names.fleet_role, SPOT_FLEET, (_policy_arn(identity, FLEET_POLICY),), "Spot Fleet")
     task_role_arn = run.role(names.task_role, ECS_TASKS, (), "Worker containers (ECS tasks)")
+    execution_role_arn = run.role(
+        names.execution_role, ECS_TASKS, (_policy_arn(identity, EXECUTION_POLICY),), "Fargate: image pull and logs"
+    )
     run.task_policy({config.bucket, config.inputs_bucket, config.outputs_bucket})
     run.log_export(config.bucket, config.region)
     if run.changes["created"] or run.changes["updated"]:
         logger.info("Bootstrap: waiting %.0f s for EC2 to see the IAM changes", SETTLE_S)
         sleep(SETTLE_S)
     return BootstrapResult(
-        instance_profile_arn=profile_arn, fleet_role_arn=fleet_role_arn, task_role_arn=task_role_arn, **run.changes
+        instance_profile_arn=profile_arn,
+        fleet_role_arn=fleet_role_arn,
+        task_role_arn=task_role_arn,
+        execution_role_arn=execution_role_arn,
+        **run.changes,
     )
 
 
@@ -385,7 +406,7 @@ def destroy(clients: AwsClients, config: RunConfig, *, names: BootstrapNames | N
     ]
     found += [
         (f"role {name}", iam_api.get_role(iam, name), lambda name=name: iam_api.delete_role(iam, name))
-        for name in (names.instance_role, names.fleet_role, names.task_role)
+        for name in names.roles
     ]
     for what, resource, remove in found:
         if resource is None:

@@ -115,6 +115,12 @@ class ContainerSettings(_Section):
         description="Seconds between the worker's resource lines (disk, memory, load; a WARNING when one runs "
         "short); 0: none.",
     )
+    ephemeral_storage_gb: int = Field(
+        default=20,
+        ge=20,
+        le=200,
+        description="fargate: each ECS task's disk in GiB, 20 (Fargate's default, included in the price) to 200.",
+    )
     pass_aws_credentials: bool = Field(
         default=False,
         description="Give the program the AWS keys the worker has (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
@@ -125,12 +131,15 @@ class ContainerSettings(_Section):
 
 
 class FleetSettings(_Section):
-    """Where workers run: processes or containers on this machine, or an EC2 Spot Fleet."""
+    """Where workers run: processes or containers on this machine, an EC2 Spot Fleet, Fargate, or an Auto
+    Scaling group of Spot machines behind an ECS capacity provider."""
 
-    backend: Literal["local", "docker", "spot-fleet"] = Field(
+    backend: Literal["local", "docker", "spot-fleet", "fargate", "ec2-spot"] = Field(
         default="local",
         description="'local' (worker processes on this machine), 'docker' (containers of container.image on this "
-        "machine's Docker engine: test an image before paying for a fleet) or 'spot-fleet' (EC2 Spot Fleet).",
+        "machine's Docker engine: test an image before paying for a fleet), 'spot-fleet' (EC2 Spot Fleet, "
+        "Distributed-Something's way), 'fargate' (ECS tasks on Fargate Spot: no machines to choose) or 'ec2-spot' "
+        "(an Auto Scaling group of Spot machines that ECS grows and shrinks).",
     )
     local_workers: int = Field(
         default=4, ge=1, le=64, description="Worker processes ('local') or containers ('docker') on this machine."
@@ -189,6 +198,49 @@ class FleetSettings(_Section):
         ge=0,
         description="'Cheapest' mode (Distributed-Something's monitor 'cheapest'): this many seconds after the "
         "fleet starts, stop replacing machines: the run goes on with the machines it has (at least one).",
+    )
+    # fargate and ec2-spot: the run's ECS service on capacity providers (core/fleets/fargate.py, ec2_spot.py).
+    ecs_tasks: int = Field(
+        default=4,
+        ge=1,
+        le=5000,
+        description="fargate: worker containers (ECS tasks) running at once. (ec2-spot runs machines × "
+        "tasks_per_machine, fleet.machines being the most machines ECS may start.)",
+    )
+    subnets: tuple[str, ...] = Field(
+        default=(),
+        description="fargate, ec2-spot: subnets the ECS tasks (fargate) or machines (ec2-spot) start in; subnets "
+        "in several zones give Spot more capacity to draw on.",
+    )
+    security_groups: tuple[str, ...] = Field(
+        default=(), description="fargate, ec2-spot: security groups of the ECS tasks (fargate) or machines (ec2-spot)."
+    )
+    assign_public_ip: bool = Field(
+        default=True,
+        description="fargate: give each ECS task a public IP, to reach ECR, SQS and S3 through the subnet's "
+        "internet gateway; false in a private subnet with a NAT gateway or VPC endpoints.",
+    )
+    fargate_spot_weight: int = Field(
+        default=4, ge=0, le=1000, description="fargate: share of the ECS tasks placed on FARGATE_SPOT."
+    )
+    fargate_weight: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="fargate: share placed on FARGATE (on-demand, 2 to 3 times Spot's price): with the defaults one "
+        "task in five, so a run goes on when Spot has no capacity (ECS never moves a task from Spot to on-demand "
+        "by itself); 0: Spot only.",
+    )
+    execution_role_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[\w-]*:iam::\d{12}:role/.+$",
+        description="fargate: the ECS task execution role (pulls the image, writes the logs); the bootstrap makes "
+        "one and prints its ARN.",
+    )
+    instance_profile_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[\w-]*:iam::\d{12}:instance-profile/.+$",
+        description="ec2-spot: the machines' instance profile (joins them to ECS); the bootstrap makes one.",
     )
 
 

@@ -55,6 +55,7 @@ class CostEstimate(_Model):
 
     machines: int
     machine_types: list[str]
+    unit: str = Field(default="machine", description="What `machines` counts: machines, or ECS tasks on Fargate.")
     jobs: int
     usd_per_hour: PriceRange | None = Field(description="The whole fleet's hourly cost; None when no type has a price.")
     hours: float | None = Field(description="How long the jobs take; None when the job duration is not known.")
@@ -67,7 +68,7 @@ class CostEstimate(_Model):
         missing = f"no spot price for {', '.join(self.unpriced_types)}" if self.unpriced_types else ""
         if self.usd_per_hour is None:
             return f"Estimated cost: unknown, {missing}"
-        line = f"Estimated cost: {self.usd_per_hour.text}/h for {self.machines} machine(s)"
+        line = f"Estimated cost: {self.usd_per_hour.text}/h for {self.machines} {self.unit}(s)"
         if self.total_usd is not None and self.hours is not None:
             line += f"; {self.total_usd.text} for {self.jobs} job(s) in {_hours(self.hours)} h"
         else:
@@ -165,6 +166,7 @@ class CostReport(_Model):
     measured_at: datetime = Field(description="The `now` machines still running are counted up to (UTC).")
     prices_at: PricesAt = Field(description="Each machine priced at its launch, or at `measured_at`.")
     machines: int = Field(description="Machines counted, terminated ones included.")
+    unit: str = Field(default="machine", description="What `machines` counts: machines, or ECS tasks on Fargate.")
     instance_hours: float
     total_usd: float = Field(description="Cost of the priced hours; see unpriced_types.")
     by_type: list[TypeCost]
@@ -174,13 +176,14 @@ class CostReport(_Model):
     @property
     def text(self) -> str:
         parts = [
-            f"{t.instance_type}: {t.machines} machine(s), {_hours(t.hours)} h, ${_usd(t.usd)}"
+            f"{t.instance_type}: {t.machines} {self.unit}(s), {_hours(t.hours)} h, ${_usd(t.usd)}"
             + (f" + {_hours(t.unpriced_hours)} h unpriced" if t.unpriced_hours else "")
             for t in self.by_type
         ]
         detail = f" ({'; '.join(parts)})" if parts else ""
         return (
-            f"Run {self.run_id}: {self.machines} machine(s), {_hours(self.instance_hours)} instance-hours, "
+            f"Run {self.run_id}: {self.machines} {self.unit}(s), {_hours(self.instance_hours)} "
+            f"{'instance' if self.unit == 'machine' else self.unit}-hours, "
             f"${_usd(self.total_usd)} so far{detail}"
         )
 

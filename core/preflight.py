@@ -67,7 +67,7 @@ def _guarded(check: str, run: Callable[[], list[CheckRow]]) -> list[CheckRow]:
 def run_preflight(clients: AwsClients, config: RunConfig) -> PreflightReport:
     """Check the buckets, the queue names and, for the spot-fleet backend, the fleet file against
     the account: IAM, network, key pair, AMI, sizes and the Spot vCPU quota; for the docker backend,
-    the engine and the worker image."""
+    the engine and the worker image; fargate's and ec2-spot's rows come from core/preflight_capacity.py."""
     s3_client = clients.client("s3")
     rows = _bucket_rows(s3_client, config)
     if config.queue.name:
@@ -76,6 +76,9 @@ def run_preflight(clients: AwsClients, config: RunConfig) -> PreflightReport:
         rows += _spot_fleet_rows(clients, config)
     if config.fleet.backend == docker_fleet.BACKEND:
         rows += _docker_rows(clients, config)
+    from core.preflight_capacity import capacity_rows  # built on this module's rows
+
+    rows += capacity_rows(clients, config)
     report = PreflightReport(rows=rows)
     logger.info(
         "Preflight: %d check(s), %d problem(s), %d warning(s)", len(rows), len(report.problems), len(report.warnings)

@@ -1,5 +1,5 @@
 """The `distributed-bootstrap` flow: once per AWS account, the roles, the instance profile and the
-bucket-policy statements the spot-fleet backend needs; with `destroy`, their removal.
+bucket-policy statements the AWS backends need; with `destroy`, their removal.
 
 Deployed as `distributed/bootstrap`. Its markdown artifact `bootstrap` gives the ARNs and the
 fleet-file fields to paste.
@@ -27,6 +27,7 @@ def _bootstrap_markdown(result: BootstrapResult) -> str:
             f"`{result.instance_profile_arn}` |",
             f"| Spot Fleet role (fleet file: IamFleetRole) | `{result.fleet_role_arn}` |",
             f"| task role (config: fleet.task_role_arn) | `{result.task_role_arn}` |",
+            f"| task execution role (fargate config: fleet.execution_role_arn) | `{result.execution_role_arn}` |",
             "",
             "```",
             result.snippets().rstrip(),
@@ -50,13 +51,13 @@ def _destroy_markdown(result: DestroyResult) -> str:
 
 @flow(
     name="distributed-bootstrap",
-    description="Once per AWS account: the IAM roles, instance profile and bucket policy the spot-fleet backend "
-    "needs (destroy=true removes them).",
+    description="Once per AWS account: the IAM roles, instance profile and bucket policy the AWS backends "
+    "need (destroy=true removes them).",
 )
 def bootstrap_account(
     config: ConfigParameter, destroy: bool = False, name_prefix: str = DEFAULT_PREFIX
 ) -> BootstrapResult | DestroyResult:
-    """Make what the spot-fleet backend needs in the account, or remove it.
+    """Make what the AWS backends (spot-fleet, fargate, ec2-spot) need in the account, or remove it.
 
     Args:
         config: A YAML config file path, the name of a saved 'Distributed Config' block, or the

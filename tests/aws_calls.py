@@ -90,7 +90,7 @@ IAM_ACTIONS_FOR_OPERATION: dict[str, tuple[str, ...]] = {
 }
 # Creating a resource with tags also needs the service's tagging action (<prefix>:TagResource
 # unless named here), and handing a role to Spot Fleet or to an ECS task is iam:PassRole.
-TAGGING_ACTIONS = {"ec2": "ec2:CreateTags", "sqs": "sqs:TagQueue"}
+TAGGING_ACTIONS = {"ec2": "ec2:CreateTags", "sqs": "sqs:TagQueue", "autoscaling": "autoscaling:CreateOrUpdateTags"}
 # IAM has no TagResource: each kind of IAM resource has its own tagging action.
 IAM_TAGGING_ACTIONS = {
     "CreateRole": "iam:TagRole",

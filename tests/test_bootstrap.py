@@ -24,6 +24,7 @@ from tests.fakes import FakeClock
 IAM_POLICIES = Path(__file__).resolve().parents[1] / "deployments" / "aws" / "iam"
 RECORDS, IMAGES, RESULTS = "lab-records", "lab-images", "lab-results"
 INSTANCE_ROLE, FLEET_ROLE, TASK_ROLE = "distributed-ecs-instance", "distributed-spot-fleet", "distributed-task"
+EXECUTION_ROLE = "distributed-task-execution"
 ADMIN_GRANTS = granted_actions(json.loads((IAM_POLICIES / "bootstrap-admin-policy.json").read_text()))
 OTHER_STATEMENT = {
     "Sid": "CollaboratorsRead",
@@ -89,6 +90,7 @@ def test_bootstrap_makes_the_roles_and_the_instance_profile_holding_the_instance
         INSTANCE_ROLE: ("ec2.amazonaws.com", ["AmazonEC2ContainerServiceforEC2Role"]),
         FLEET_ROLE: ("spotfleet.amazonaws.com", ["AmazonEC2SpotFleetTaggingRole"]),
         TASK_ROLE: ("ecs-tasks.amazonaws.com", []),
+        EXECUTION_ROLE: ("ecs-tasks.amazonaws.com", ["AmazonECSTaskExecutionRolePolicy"]),
     }
     for name, (service, managed) in expected.items():
         role = iam.get_role(RoleName=name)["Role"]
@@ -99,7 +101,8 @@ def test_bootstrap_makes_the_roles_and_the_instance_profile_holding_the_instance
         }
         attached = iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]
         assert [policy["PolicyName"] for policy in attached] == managed
-    assert len(result.created) == 6 and result.updated == [] and result.unchanged == []
+    assert result.execution_role_arn == f"arn:aws:iam::123456789012:role/{EXECUTION_ROLE}"
+    assert len(result.created) == 7 and result.updated == [] and result.unchanged == []
     assert clock.now == 10.0  # IAM propagation: one settle wait once something was created
 
 
@@ -212,6 +215,7 @@ def test_destroy_removes_exactly_what_bootstrap_made(account: AwsClients) -> Non
             f"role {INSTANCE_ROLE}",
             f"role {FLEET_ROLE}",
             f"role {TASK_ROLE}",
+            f"role {EXECUTION_ROLE}",
             f"log-export statements in the policy of bucket {RECORDS}",
         ]
     )

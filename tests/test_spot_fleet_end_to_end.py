@@ -9,11 +9,6 @@ credentials, which a container gets from its task role). Everything else is the 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import boto3
@@ -24,19 +19,18 @@ from core.aws.clients import AwsClients
 from core.bootstrap import bootstrap
 from core.config import parse_config
 from core.models import RunSummary
+from tests.test_capacity_end_to_end import (
+    container_environment,
+    first_task_definition,
+    stand_in_workers,
+    start_flow,
+)
 from tests.test_flow_end_to_end import BROKEN_WELL, BUCKET, upload_inputs, write_batch
 from tests.test_preflight import make_subnet, write_fleet_file
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-REPO = Path(__file__).resolve().parents[1]
 BOOTSTRAP_CONFIG = {"app_name": "e2e-spot", "job_file": "jobs.json", "command": "run", "bucket": BUCKET}
-
-
-def container_environment(ecs, family: str) -> dict[str, str]:
-    definition = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
-    (container,) = definition["containerDefinitions"]
-    return {pair["name"]: pair["value"] for pair in container["environment"]}
 
 
 def test_a_spot_fleet_batch_runs_to_completion_and_leaves_nothing_behind(
@@ -76,28 +70,15 @@ def test_a_spot_fleet_batch_runs_to_completion_and_leaves_nothing_behind(
     config = yaml.safe_load(config_path.read_text())
     assert config["fleet"]["backend"] == "spot-fleet"
 
-    from flows.distributed import distributed
-
-    outcome: dict[str, object] = {}
-    flow_thread = threading.Thread(
-        target=lambda: outcome.update(summary=distributed(config=str(config_path), return_state=True).result()),
-        daemon=True,
-    )
-    flow_thread.start()
-
+    flow_thread, outcome = start_flow(config_path)
     ecs = boto3.client("ecs")
-    deadline = time.monotonic() + 120
-    families: list[str] = []
-    while not families:
-        assert time.monotonic() < deadline and flow_thread.is_alive(), "no task definition appeared"
-        families = [arn.rsplit("/", 1)[-1].split(":")[0] for arn in ecs.list_task_definitions()["taskDefinitionArns"]]
-        time.sleep(0.5)
-    environment = container_environment(ecs, families[0])
+    family = first_task_definition(flow_thread, outcome)
+    environment = container_environment(ecs, family)
     assert "AWS_SECRET_ACCESS_KEY" not in environment and "AWS_ACCESS_KEY_ID" not in environment
     assert environment["DISTRIBUTED_SPOT_WATCH"] == "true"
     # The awslogs driver would send the containers' output to the run's own log group; moto runs no
     # containers, so one line stands in for it (the export at cleanup must carry it to S3).
-    (definition,) = ecs.describe_task_definition(taskDefinition=families[0])["taskDefinition"]["containerDefinitions"]
+    (definition,) = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]["containerDefinitions"]
     log_group = definition["logConfiguration"]["options"]["awslogs-group"]
     assert log_group.startswith("e2e-spot/")
     logs_client = boto3.client("logs")
@@ -106,29 +87,10 @@ def test_a_spot_fleet_batch_runs_to_completion_and_leaves_nothing_behind(
         logGroupName=log_group, logStreamName="worker/1", logEvents=[{"timestamp": 1000, "message": "worker started"}]
     )
 
-    containers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "worker"],
-            cwd=tmp_path,  # the image's working directory, where the job's program lives
-            env={
-                **os.environ,
-                **environment,
-                "DISTRIBUTED_SPOT_WATCH": "false",  # no instance metadata service on this machine
-                "AWS_ENDPOINT_URL": moto_endpoint,
-                "PYTHONPATH": str(REPO),
-            },
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(2)
-    ]
-    try:
+    # the image's working directory, where the job's program lives
+    with stand_in_workers(environment, tmp_path, moto_endpoint, count=2):
         flow_thread.join(timeout=240)
         assert not flow_thread.is_alive(), "the flow did not finish"
-    finally:
-        for container in containers:
-            container.kill()
-            container.wait()
 
     summary = outcome["summary"]
     assert isinstance(summary, RunSummary)

@@ -13,6 +13,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from core.aws.clients import chunks, error_code, paginate
+from core.aws.ecs_capacity import FargateTask, ServicePlacement
 from core.worker_env import WORKER_STOP_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ def register_task_definition(
     region: str,
     task_role_arn: str | None,
     tags: dict[str, str],
+    *,
+    fargate: FargateTask | None = None,
 ) -> str:
     """Register a new revision of the worker's task definition and return its ARN.
 
@@ -81,6 +84,7 @@ def register_task_definition(
     a stopped worker gets WORKER_STOP_TIMEOUT_S to hand its job back before SIGKILL (set here, not
     left to each machine's agent setting, ECS_CONTAINER_STOP_TIMEOUT). AWS access comes from the task role, never from keys in the environment
     (Distributed-Something copied the user's keys there in plain text): such keys raise ValueError.
+    With `fargate`, the task is sized and networked for Fargate and gets its execution role.
     """
     secrets = FORBIDDEN_ENVIRONMENT & environment.keys()
     if secrets:
@@ -100,6 +104,8 @@ def register_task_definition(
         },
     }
     extra = {"taskRoleArn": task_role_arn} if task_role_arn else {}
+    if fargate is not None:
+        extra.update(fargate.task_definition_arguments())
     response = ecs.register_task_definition(
         family=family, containerDefinitions=[container], tags=_tag_list(tags), **extra
     )
@@ -119,10 +125,20 @@ def describe_service(ecs: BaseClient, cluster: str, name: str) -> dict | None:
     return next((service for service in services if service.get("status") in {"ACTIVE", "DRAINING"}), None)
 
 
-def ensure_service(ecs: BaseClient, cluster: str, name: str, task_definition_arn: str, tags: dict[str, str]) -> str:
+def ensure_service(
+    ecs: BaseClient,
+    cluster: str,
+    name: str,
+    task_definition_arn: str,
+    tags: dict[str, str],
+    *,
+    placement: ServicePlacement | None = None,
+) -> str:
     """Create the service at desiredCount 0, or point an existing one at the new task definition.
 
     Updating in place keeps the desired count, so a retried setup does not stop running workers.
+    Without `placement` the service's ECS tasks run on the cluster's EC2 machines; with it, on its
+    capacity providers (and in its subnets).
     """
     existing = describe_service(ecs, cluster, name)
     if existing is not None and existing["status"] == "ACTIVE":
@@ -134,7 +150,7 @@ def ensure_service(ecs: BaseClient, cluster: str, name: str, task_definition_arn
         serviceName=name,
         taskDefinition=task_definition_arn,
         desiredCount=0,
-        launchType="EC2",
+        **(placement.service_arguments() if placement else {"launchType": "EC2"}),
         tags=_tag_list(tags),
         propagateTags="SERVICE",
     )

@@ -8,6 +8,8 @@ from core.aws.clients import AwsClients
 from core.config import RunConfig
 from core.fleets.base import FleetBackend, FleetRequest
 from core.fleets.docker import DockerFleet
+from core.fleets.ec2_spot import Ec2SpotFleet
+from core.fleets.fargate import FargateFleet
 from core.fleets.local import LocalFleet
 from core.fleets.spot_fleet import SpotFleet
 
@@ -15,6 +17,8 @@ BACKENDS: dict[str, Callable[[AwsClients, RunConfig | None], FleetBackend]] = {
     "local": LocalFleet.from_clients,
     "docker": DockerFleet.from_clients,
     "spot-fleet": SpotFleet.from_clients,
+    "fargate": FargateFleet.from_clients,
+    "ec2-spot": Ec2SpotFleet.from_clients,
 }
 
 
@@ -23,4 +27,14 @@ def fleet_backend(clients: AwsClients, config: RunConfig) -> FleetBackend:
     return BACKENDS[config.fleet.backend](clients, config)
 
 
-__all__ = ["BACKENDS", "DockerFleet", "FleetBackend", "FleetRequest", "LocalFleet", "SpotFleet", "fleet_backend"]
+__all__ = [
+    "BACKENDS",
+    "DockerFleet",
+    "Ec2SpotFleet",
+    "FargateFleet",
+    "FleetBackend",
+    "FleetRequest",
+    "LocalFleet",
+    "SpotFleet",
+    "fleet_backend",
+]

@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from botocore.client import BaseClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.aws import ec2 as ec2_api
@@ -154,9 +155,29 @@ def validate_spot_fleet(
     problems = [f"fleet.fleet_file: {problem}" for problem in fleet_file_problems(fleet_file)]
     if not settings.machine_types:
         problems.append("fleet.machine_types: give at least one EC2 instance type, e.g. [m5.xlarge]")
-    cpu = settings.cpu_units * settings.tasks_per_machine
-    memory = settings.memory_mib * settings.tasks_per_machine
-    for kind in settings.machine_types:
+    problems += machine_fit_problems(
+        settings.cpu_units, settings.memory_mib, settings.tasks_per_machine, settings.machine_types, sizes
+    )
+    if settings.ebs_volume_gb < template_api.ROOT_SNAPSHOT_GB and not fleet_file_image(fleet_file):
+        problems.append(
+            f"fleet.ebs_volume_gb: the ECS-optimized AMI's root volume is {template_api.ROOT_SNAPSHOT_GB} GB; "
+            f"use at least that"
+        )
+    return problems
+
+
+def machine_fit_problems(
+    cpu_units: int,
+    memory_mib: int,
+    tasks_per_machine: int,
+    machine_types: tuple[str, ...],
+    sizes: Mapping[str, MachineSize],
+) -> list[str]:
+    """Machine types that are unknown, or that cannot hold tasks_per_machine containers of this size."""
+    problems = []
+    cpu = cpu_units * tasks_per_machine
+    memory = memory_mib * tasks_per_machine
+    for kind in machine_types:
         size = sizes.get(kind)
         if size is None:
             problems.append(
@@ -175,12 +196,33 @@ def validate_spot_fleet(
                 f"container.cpu_units × fleet.tasks_per_machine = {cpu} does not fit {kind} "
                 f"({size.vcpus * 1024} cpu units): lower either, or pick a larger type"
             )
-    if settings.ebs_volume_gb < template_api.ROOT_SNAPSHOT_GB and not fleet_file_image(fleet_file):
-        problems.append(
-            f"fleet.ebs_volume_gb: the ECS-optimized AMI's root volume is {template_api.ROOT_SNAPSHOT_GB} GB; "
-            f"use at least that"
-        )
     return problems
+
+
+class SpotMachines(Protocol):
+    """The settings a fleet of Spot machines is priced from (spot-fleet's and ec2-spot's)."""
+
+    machines: int
+    machine_types: tuple[str, ...]
+    max_price_usd_per_hour: float
+    tasks_per_machine: int
+    processes: int
+    expected_job_minutes: float | None
+
+
+def spot_machines_estimate(ec2: BaseClient, settings: SpotMachines, jobs: int) -> CostEstimate:
+    """fleet.machines at the current Spot price of each machine type, and with fleet.expected_job_minutes
+    the batch's total; every assumption spelled out."""
+    return estimate_cost(
+        spot_prices(ec2, list(settings.machine_types), now=datetime.now(UTC)),
+        machines=settings.machines,
+        machine_types=settings.machine_types,
+        max_price_usd_per_hour=settings.max_price_usd_per_hour,
+        jobs=jobs,
+        slots_per_machine=settings.tasks_per_machine * settings.processes,
+        job_minutes=settings.expected_job_minutes,
+    )
+
 
 
 def resource_name(run_id: str) -> str:
@@ -358,16 +400,7 @@ class SpotFleet:
     def cost_estimate(self, jobs: int) -> CostEstimate:
         """Machines x the current Spot price of each machine type, and with fleet.expected_job_minutes
         the batch's total; every assumption spelled out."""
-        settings = self._require_settings()
-        return estimate_cost(
-            spot_prices(self._ec2, list(settings.machine_types), now=datetime.now(UTC)),
-            machines=settings.machines,
-            machine_types=settings.machine_types,
-            max_price_usd_per_hour=settings.max_price_usd_per_hour,
-            jobs=jobs,
-            slots_per_machine=settings.tasks_per_machine * settings.processes,
-            job_minutes=settings.expected_job_minutes,
-        )
+        return spot_machines_estimate(self._ec2, self._require_settings(), jobs)
 
     def cost(self, handle: FleetHandle) -> CostReport:
         """Instance-hours of the run's machines (found by tag, terminated ones included) and their cost."""
