@@ -42,10 +42,13 @@ def account(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClie
 
 def make_subnet(region: str = "us-east-1", *, internet: bool = True, public: bool = False) -> tuple[str, str]:
     """A VPC's subnet (and a security group of that VPC); `internet`: its route table sends
-    0.0.0.0/0 to an internet gateway; `public`: the subnet gives machines a public IP."""
+    0.0.0.0/0 to an internet gateway; `public`: the subnet gives machines a public IP.
+
+    The subnet is in the region's first zone: left to moto, it may land in a zone where moto's Spot
+    price history offers no price for the machine types the tests use (us-east-1e), as in AWS."""
     ec2 = boto3.client("ec2", region_name=region)
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24", AvailabilityZone=f"{region}a")["Subnet"]["SubnetId"]
     if public:
         ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
     table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]

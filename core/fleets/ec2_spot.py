@@ -26,6 +26,7 @@ from pydantic import Field
 from core.aws import autoscaling as autoscaling_api
 from core.aws import ec2 as ec2_api
 from core.aws import ecs as ecs_api
+from core.aws import launch_template as template_api
 from core.aws.clients import AwsClients
 from core.aws.ecs_capacity import (
     CapacityShare,
@@ -111,9 +112,9 @@ class Ec2SpotFleet(EcsServiceFleet):
                 "fleet.instance_profile_arn is not set: the machines need it to join ECS. Fix: run the bootstrap "
                 "and paste the instance profile ARN it prints"
             )
-        if settings.ebs_volume_gb < ec2_api.ROOT_SNAPSHOT_GB:
+        if settings.ebs_volume_gb < template_api.ROOT_SNAPSHOT_GB:
             problems.append(
-                f"fleet.ebs_volume_gb: the ECS-optimized AMI's root volume is {ec2_api.ROOT_SNAPSHOT_GB} GB; use at "
+                f"fleet.ebs_volume_gb: the ECS-optimized AMI's root volume is {template_api.ROOT_SNAPSHOT_GB} GB; use at "
                 "least that"
             )
         if problems:
@@ -129,14 +130,14 @@ class Ec2SpotFleet(EcsServiceFleet):
             "IamInstanceProfile": {"Arn": settings.instance_profile_arn},
             "SecurityGroups": [{"GroupId": group} for group in settings.security_groups],
         }
-        data = ec2_api.launch_template_data(
+        data = template_api.launch_template_data(
             {"LaunchSpecifications": [shared]},
             ebs_volume_gb=settings.ebs_volume_gb,
             cluster=cluster,
-            image_id=ec2_api.resolve_ecs_ami(self._ssm, settings.region),
+            image_id=template_api.resolve_ecs_ami(self._ssm, settings.region),
             tags={**tags, "Name": f"{settings.app_name}-worker"},
         )
-        template = ec2_api.ensure_launch_template(self._ec2, name, data, tags)
+        template = template_api.ensure_launch_template(self._ec2, name, data, tags)
         group = autoscaling_api.ensure_group(
             self._autoscaling,
             autoscaling_api.GroupSpec(
@@ -226,5 +227,5 @@ class Ec2SpotFleet(EcsServiceFleet):
         ec2_api.terminate_instances(self._ec2, machines)
         if cluster:
             ecs_api.deregister_container_instances(self._ecs, cluster, machines)
-        ec2_api.delete_launch_template(self._ec2, name)
+        template_api.delete_launch_template(self._ec2, name)
         self.finish_stop(handle)
