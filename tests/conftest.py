@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytest_plugins = ["tests.aws_calls"]
 
 from core import emulator  # noqa: E402 - after the environment is set
+from tests.ds_files import ds_files_present  # noqa: E402, F401 - a fixture for every test module
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,12 @@ import pytest
 from core.config import load_config_file
 from core.ds_config import HEADER, convert_ds_config, read_config_py, write_ds_config
 from core.errors import ConfigError
+from tests.ds_files import DS_FILES, needs_ds_files
 
 REPO = Path(__file__).resolve().parents[1]
-DS_FILES = REPO.parent / "shared" / "reference" / "ds-files"
 DS_CONFIG, DCP_CONFIG = DS_FILES / "ds" / "config.py", DS_FILES / "dcp" / "config.py"
 
-pytestmark = pytest.mark.skipif(not DS_FILES.is_dir(), reason="the Distributed-Something example files are absent")
+pytestmark = needs_ds_files
 
 
 def converted(tmp_path: Path, config_py: Path, **given: str) -> tuple[Path, object]:

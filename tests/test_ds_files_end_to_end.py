@@ -13,9 +13,10 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.ds_files import DS_FILES, needs_ds_files
 from tests.test_flow_end_to_end import BUCKET, aws, run_flow, write_batch  # noqa: F401 - aws is a fixture
 
-DS_FILES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ds-files"
+pytestmark = needs_ds_files
 ROOT = "/home/ubuntu/bucket"
 
 # Writes what it was given to fixed names: its JOB_ variables and the images its LoadData CSV points

@@ -6,14 +6,13 @@ run, every job with an output prefix of its own.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from core.config import parse_config
 from core.jobs import Job, check_jobs, iter_jobs
+from tests.ds_files import DS_FILES, needs_ds_files
 
-DS_FILES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ds-files"
+pytestmark = needs_ds_files
 DCP_COMMAND = (
     "cellprofiler -c -r -p {input_dir}/{pipeline} -o {output_dir} --data-file={input_dir}/{data_file} -g {Metadata}"
 )

@@ -27,8 +27,8 @@ from core.fleets.base import FleetRequest
 from core.fleets.ec2_spot import Ec2SpotSettings
 from tests.fakes import FakeClock
 from tests.test_fargate import capacity_config
-from tests.test_preflight_capacity import second_zone
 from tests.test_preflight import make_subnet
+from tests.test_preflight_capacity import second_zone
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 

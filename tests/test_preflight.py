@@ -24,6 +24,7 @@ from core.bootstrap import BootstrapResult, bootstrap
 from core.config import RunConfig, parse_config
 from core.errors import ConfigError
 from core.preflight import PreflightReport, run_preflight
+from tests.ds_files import DS_FILES, needs_ds_files
 from tests.fakes import FakeClock
 
 RECORDS, IMAGES = "lab-records", "lab-images"
@@ -498,11 +499,10 @@ def test_the_run_flow_stops_at_its_preflight_with_every_problem_and_creates_noth
     assert boto3.client("logs", region_name="us-east-1").describe_log_groups()["logGroups"] == []
 
 
-DS_FILES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ds-files"
 DCP_FLEET = DS_FILES / "dcp" / "exampleFleet_us-east-1.json"
 
 
-@pytest.mark.skipif(not DCP_FLEET.is_file(), reason="the Distributed-CellProfiler example files are absent")
+@needs_ds_files
 def test_dcps_example_fleet_file_gets_each_placeholder_as_a_fleet_file_row_not_blamed_on_the_region(
     account: AwsClients,
 ) -> None:

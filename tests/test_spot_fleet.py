@@ -23,6 +23,7 @@ from core.fleets import fleet_file as fleet_file_module
 from core.fleets import spot_fleet
 from core.fleets.base import FleetRequest
 from core.fleets.spot_fleet import MACHINE_SIZES, SpotFleet, SpotFleetSettings, resource_name, validate_spot_fleet
+from tests.ds_files import DS_FILES, needs_ds_files
 from tests.fakes import FakeClock
 from tests.test_preflight import make_subnet
 
@@ -630,10 +631,10 @@ def test_a_second_launch_template_of_a_run_becomes_a_new_version_of_the_same_tem
 
 # Distributed-CellProfiler's fleet file, and fleet files of more than one launch specification
 
-DCP_FLEET = REPO.parent / "shared" / "reference" / "ds-files" / "dcp" / "exampleFleet_us-east-1.json"
+DCP_FLEET = DS_FILES / "dcp" / "exampleFleet_us-east-1.json"
 
 
-@pytest.mark.skipif(not DCP_FLEET.is_file(), reason="the Distributed-CellProfiler example files are absent")
+@needs_ds_files
 def test_each_placeholder_of_dcps_fleet_file_is_caught_before_any_aws_call_with_its_value(tmp_path: Path) -> None:
     calls: list[str] = []
     fleet = backend(settings(tmp_path, json.loads(DCP_FLEET.read_text())))
