@@ -38,6 +38,20 @@ ensure_engine() {
   no_engine "dockerd did not start within 60 s; see $log"
 }
 
+# The Debian archive debootstrap fetches from: $DEBIAN_MIRROR, else the one this machine's own apt uses.
+debian_mirror() {
+  if [[ -n ${DEBIAN_MIRROR:-} ]]; then echo "$DEBIAN_MIRROR"; return; fi
+  local found
+  found=$( { sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null
+             sed -n 's/^deb[[:space:]]\{1,\}\(\[[^]]*\][[:space:]]\{1,\}\)\{0,1\}\([^[:space:]]*\).*/\2/p' \
+               /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null; } | grep -v security | head -n 1 || true)
+  if [[ -z $found ]]; then
+    echo "no Debian archive in this machine's apt sources: set DEBIAN_MIRROR to one" >&2
+    exit 1
+  fi
+  echo "$found"
+}
+
 build() {
   local variant=$1 tag=${BASE_IMAGE_REPOSITORY:-local/base}:$1 suite include cmd root
   case "$variant" in
@@ -52,7 +66,7 @@ build() {
   root=$(mktemp -d)
   # shellcheck disable=SC2064 # the folder is known now
   trap "rm -rf '$root'" RETURN
-  debootstrap --variant=minbase --include="$include" "$suite" "$root" http://deb.debian.org/debian >/dev/null
+  debootstrap --variant=minbase --include="$include" "$suite" "$root" "$(debian_mirror)" >/dev/null
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   # pip in a later `docker build` trusts what this machine trusts.
   if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
