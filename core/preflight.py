@@ -38,30 +38,12 @@ from core.fleets.fleet_file import (
 from core.fleets.spot_fleet import MACHINE_SIZES, SpotFleetSettings, validate_spot_fleet
 from core.models import TAG_APP
 from core.preflight_network import NetworkChecks
-from core.preflight_rows import CheckRow, PreflightReport, row_ok, row_problem, row_warning
+from core.preflight_capacity import capacity_rows
+from core.preflight_rows import BOOTSTRAP, CheckRow, PreflightReport, guarded, row_ok, row_problem, row_warning
 
 logger = logging.getLogger(__name__)
 
-BOOTSTRAP = "run the bootstrap (prefect deployment run distributed/bootstrap -p config=...)"
-DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"})
 EXPORT_TEST_KEY = "runs/<run id>/logs/aws-logs-write-test"
-
-
-def _guarded(check: str, run: Callable[[], list[CheckRow]]) -> list[CheckRow]:
-    """The check's rows, or one warning when these credentials may not make its calls."""
-    try:
-        return run()
-    except ClientError as exc:
-        if error_code(exc) not in DENIED_CODES:
-            raise
-        operation = getattr(exc, "operation_name", "the call")
-        return [
-            row_warning(
-                check,
-                f"not checked: these credentials may not call {operation}",
-                "grant the read-only calls preflight makes, or check this by hand",
-            )
-        ]
 
 
 def run_preflight(clients: AwsClients, config: RunConfig) -> PreflightReport:
@@ -71,13 +53,11 @@ def run_preflight(clients: AwsClients, config: RunConfig) -> PreflightReport:
     s3_client = clients.client("s3")
     rows = _bucket_rows(s3_client, config)
     if config.queue.name:
-        rows += _guarded("queue name", lambda: _queue_rows(clients.client("sqs"), config))
+        rows += guarded("queue name", lambda: _queue_rows(clients.client("sqs"), config))
     if config.fleet.backend == spot_fleet.BACKEND:
         rows += _spot_fleet_rows(clients, config)
     if config.fleet.backend == docker_fleet.BACKEND:
         rows += _docker_rows(clients, config)
-    from core.preflight_capacity import capacity_rows  # built on this module's rows
-
     rows += capacity_rows(clients, config)
     report = PreflightReport(rows=rows)
     logger.info(
@@ -424,5 +404,5 @@ def _spot_fleet_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
         ("log export", lambda: fleet.log_export(identity)),
     )
     for check, run in checks:
-        rows += _guarded(check, run)
+        rows += guarded(check, run)
     return rows

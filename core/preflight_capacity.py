@@ -26,8 +26,7 @@ from core.fleets import BACKENDS
 from core.fleets.ec2_spot import Ec2SpotFleet, Ec2SpotSettings
 from core.fleets.fargate import FargateFleet, FargateSettings
 from core.fleets.spot_fleet import MACHINE_SIZES, machine_fit_problems
-from core.preflight import BOOTSTRAP, _guarded
-from core.preflight_rows import CheckRow, Status
+from core.preflight_rows import BOOTSTRAP, CheckRow, Status, guarded
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 # What an ECS task on Fargate needs without a route to the internet: ECR (API, registry and its S3
@@ -178,7 +177,7 @@ def _fargate_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
         checks.append(("fargate vCPU quota", lambda: account.quota(
             "fargate vCPU quota", "fargate", service_quotas.FARGATE_VCPU_QUOTA_CODE, vcpus,
             "fleet.ecs_tasks × container.cpu_units")))
-    return rows + [row for check, run in checks for row in _guarded(check, run)]
+    return rows + [row for check, run in checks for row in guarded(check, run)]
 
 
 def _ec2_spot_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
@@ -202,7 +201,7 @@ def _ec2_spot_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
         checks.append(("spot vCPU quota", lambda: account.quota(
             "spot vCPU quota", "ec2", service_quotas.SPOT_VCPU_QUOTA_CODE, settings.machines * max(known),
             "fleet.machines × the largest machine type's vCPUs")))
-    return rows + [row for check, run in checks for row in _guarded(check, run)]
+    return rows + [row for check, run in checks for row in guarded(check, run)]
 
 
 # Each backend's rows, keyed by its entry in the registry (the backend names live there only).

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.aws.clients import error_code
 from core.errors import ConfigError
 
 Status = Literal["ok", "warning", "problem"]
+BOOTSTRAP = "run the bootstrap (prefect deployment run distributed/bootstrap -p config=...)"
+DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"})
 
 
 class CheckRow(BaseModel):
@@ -56,3 +61,20 @@ def row_problem(check: str, detail: str, fix: str) -> CheckRow:
 
 def row_warning(check: str, detail: str, fix: str) -> CheckRow:
     return CheckRow(check=check, status="warning", detail=detail, fix=fix)
+
+
+def guarded(check: str, run: Callable[[], list[CheckRow]]) -> list[CheckRow]:
+    """The check's rows, or one warning when these credentials may not make its calls."""
+    try:
+        return run()
+    except ClientError as exc:
+        if error_code(exc) not in DENIED_CODES:
+            raise
+        operation = getattr(exc, "operation_name", "the call")
+        return [
+            row_warning(
+                check,
+                f"not checked: these credentials may not call {operation}",
+                "grant the read-only calls preflight makes, or check this by hand",
+            )
+        ]
