@@ -40,9 +40,9 @@ from benchmarks.common import (
     simulated_sqs_client,
     write_job_file,
 )
-from core.aws.sqs import batches
-from core.aws.sqs_send import DEFAULT_THREADS, send_messages_concurrently
-from core.jobs import JobFileCheck, JobMessage, check_jobs, reread_jobs
+from prefect_distributed.core.aws.sqs import batches
+from prefect_distributed.core.aws.sqs_send import DEFAULT_THREADS, send_messages_concurrently
+from prefect_distributed.core.jobs import JobFileCheck, JobMessage, check_jobs, reread_jobs
 
 RUN_ID = "00000000-0000-4000-8000-000000000000"  # as long as a Prefect flow-run id
 QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/bench-jobs"

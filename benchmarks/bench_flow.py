@@ -35,8 +35,8 @@ from benchmarks.common import (
     report,
     write_job_file,
 )
-from core.config import parse_config
-from core.models import RunResources
+from prefect_distributed.core.config import parse_config
+from prefect_distributed.core.models import RunResources
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "deployments" / "demo" / "run_demo.py"
@@ -79,8 +79,8 @@ def time_setup_cleanup(rounds: int, workdir: Path) -> SetupCleanup:
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     from prefect import flow
 
-    from tasks.cleanup import cleanup_run
-    from tasks.setup import setup_run
+    from prefect_distributed.tasks.cleanup import cleanup_run
+    from prefect_distributed.tasks.setup import setup_run
 
     job_file = write_job_file(workdir / "jobs.json", 10)
     with recording_moto_server(workdir) as endpoint:

@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.common import COMMAND, Figure, ratio, report, write_job_file
 from benchmarks.memory_child import COMMAND as CHILD_COMMAND
 from benchmarks.memory_child import Measurement
-from core.records import Outcomes
+from prefect_distributed.core.records import Outcomes
 
 TARGET_MB = 150
 # Ours at the largest N may be at most this many times its peak at the smallest: "flat in N".

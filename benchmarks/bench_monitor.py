@@ -21,12 +21,12 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from benchmarks.common import COMMAND, CallCounter, Figure, clients, fake_credentials, report, write_job_file
-from core.aws import s3, sqs
-from core.aws.sqs_send import send_messages_concurrently
-from core.config import parse_config
-from core.jobs import JobMessage, iter_jobs
-from core.models import RunResources
-from core.records import read_outcomes
+from prefect_distributed.core.aws import s3, sqs
+from prefect_distributed.core.aws.sqs_send import send_messages_concurrently
+from prefect_distributed.core.config import parse_config
+from prefect_distributed.core.jobs import JobMessage, iter_jobs
+from prefect_distributed.core.models import RunResources
+from prefect_distributed.core.records import read_outcomes
 
 RUN_ID = "00000000-0000-4000-8000-000000000000"
 COMMAND_LINE = ".venv/bin/python -m benchmarks.bench_monitor"

@@ -21,8 +21,8 @@ from pathlib import Path
 from benchmarks.common import Figure, report
 from benchmarks.sim_monitors import BatchResult, run_ds, run_ours
 from benchmarks.sim_scenario import Scenario, job_durations
-from core.aws.spot_pricing import SpotPrice
-from core.cost import estimate_cost
+from prefect_distributed.core.aws.spot_pricing import SpotPrice
+from prefect_distributed.core.cost import estimate_cost
 
 COMMAND_LINE = ".venv/bin/python -m benchmarks.bench_simulation"
 PLOT = Path(__file__).resolve().parent / "simulation.png"

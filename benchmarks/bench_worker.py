@@ -1,6 +1,6 @@
 """Figure 4, worker: the real worker on trivial jobs, with its AWS calls counted from the server side.
 
-200 jobs whose command exits at once (`true`), four local worker processes (`python -m worker`,
+200 jobs whose command exits at once (`true`), four local worker processes (`python -m prefect_distributed.worker`,
 started by the local fleet exactly as a run starts them) against a moto server. Every request the
 server receives while the workers run is logged by moto's recorder and counted by operation, so
 the count is the workers' own and exact (see common.recorded_calls). Check-if-done is on, as in
@@ -31,14 +31,14 @@ from benchmarks.common import (
     report,
     write_job_file,
 )
-from core.aws import s3
-from core.aws.sqs_send import send_messages_concurrently
-from core.config import parse_config
-from core.fleets import FleetRequest, LocalFleet
-from core.jobs import JobMessage, iter_jobs
-from core.models import RunResources
-from core.records import read_outcomes
-from core.worker_env import worker_environment
+from prefect_distributed.core.aws import s3
+from prefect_distributed.core.aws.sqs_send import send_messages_concurrently
+from prefect_distributed.core.config import parse_config
+from prefect_distributed.core.fleets import FleetRequest, LocalFleet
+from prefect_distributed.core.jobs import JobMessage, iter_jobs
+from prefect_distributed.core.models import RunResources
+from prefect_distributed.core.records import read_outcomes
+from prefect_distributed.core.worker_env import worker_environment
 
 RUN_ID = "00000000-0000-4000-8000-0000000000aa"
 COMMAND_LINE = ".venv/bin/python -m benchmarks.bench_worker"

@@ -28,11 +28,11 @@ from botocore.client import BaseClient
 from botocore.model import OperationModel
 from pydantic import BaseModel, ConfigDict
 
-from core import emulator
-from core.aws import sqs as sqs_ops
-from core.aws.clients import AwsClients
-from core.config import RunConfig
-from core.models import QueueUrls, RunResources
+from prefect_distributed.core import emulator
+from prefect_distributed.core.aws import sqs as sqs_ops
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.models import QueueUrls, RunResources
 
 RESULT_PREFIX = "BENCH_RESULT "
 REGION = "us-east-1"

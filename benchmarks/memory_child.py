@@ -56,8 +56,8 @@ class CountingSqs:
 
 def run_ours(path: Path) -> int:
     """Validate (check_jobs), then read the file again into bodies sent ten per batch, as a run does."""
-    from core.aws.sqs_send import send_messages_concurrently
-    from core.jobs import JobMessage, check_jobs, reread_jobs
+    from prefect_distributed.core.aws.sqs_send import send_messages_concurrently
+    from prefect_distributed.core.jobs import JobMessage, check_jobs, reread_jobs
 
     checked = check_jobs(path, COMMAND)
     sqs = CountingSqs()
@@ -78,7 +78,7 @@ def run_json_load(path: Path) -> int:
 def measure(method: str, path: Path) -> Measurement:
     if method == "ours":
         # Imported before the floor is read: run_ours imports them again at no cost.
-        for module in ("core.jobs", "core.aws.sqs_send"):
+        for module in ("prefect_distributed.core.jobs", "prefect_distributed.core.aws.sqs_send"):
             importlib.import_module(module)
 
         run = run_ours

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from benchmarks.sim_scenario import Scenario, job_durations
-from core.models import RunSnapshot
+from prefect_distributed.core.models import RunSnapshot
 
 Worker = Literal["ours", "ds"]
 

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict
 
 from benchmarks.sim_model import FARGATE_MIN_BILLED_S, Simulation, Worker
 from benchmarks.sim_scenario import Scenario
-from core.errors import DistributedError
-from core.monitor import wait_for_completion
-from core.monitor_policy import MonitorPolicy, PolicySettings
+from prefect_distributed.core.errors import DistributedError
+from prefect_distributed.core.monitor import wait_for_completion
+from prefect_distributed.core.monitor_policy import MonitorPolicy, PolicySettings
 
 CAPACITY_WAIT_S = 600.0  # fleet.capacity_wait_s: how long starting the fleet waits for the machines
 DS_POLL_S = 60.0  # run.py's MONITOR_TIME

@@ -1,5 +1,5 @@
-"""Prefect blocks of this package. `prefect block register -m blocks` registers them."""
+"""Prefect blocks of this package. `prefect block register -m prefect_distributed` registers them."""
 
-from blocks.config import DistributedConfig
+from prefect_distributed.blocks.config import DistributedConfig
 
 __all__ = ["DistributedConfig"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from core.config import RunConfig
+from prefect_distributed.core.config import RunConfig
 
 
 class DistributedConfig(Block):
@@ -20,7 +20,7 @@ class DistributedConfig(Block):
     Example:
         Load a saved config and run it:
         ```python
-        from blocks import DistributedConfig
+        from prefect_distributed.blocks import DistributedConfig
         config = DistributedConfig.load("BLOCK_NAME")
         ```
     """

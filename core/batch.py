@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.jobs import Job, JobFileCheck, reread_jobs
+from prefect_distributed.core.jobs import Job, JobFileCheck, reread_jobs
 
 
 class Batch(BaseModel):

@@ -31,13 +31,13 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws import iam as iam_api
-from core.aws import s3
-from core.aws.clients import AwsClients, error_code
-from core.aws.sts import Identity, caller_identity
-from core.config import RunConfig
-from core.errors import ConfigError
-from core.models import CREATED_BY, TAG_CREATED_BY
+from prefect_distributed.core.aws import iam as iam_api
+from prefect_distributed.core.aws import s3
+from prefect_distributed.core.aws.clients import AwsClients, error_code
+from prefect_distributed.core.aws.sts import Identity, caller_identity
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.models import CREATED_BY, TAG_CREATED_BY
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from core.aws import logs, sqs
-from core.aws.clients import AwsClients, error_code, is_transient
-from core.config import RunConfig
-from core.errors import AwsOperationError
-from core.fleets import fleet_backend
-from core.models import CleanupResult, RunResources
+from prefect_distributed.core.aws import logs, sqs
+from prefect_distributed.core.aws.clients import AwsClients, error_code, is_transient
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.errors import AwsOperationError
+from prefect_distributed.core.fleets import fleet_backend
+from prefect_distributed.core.models import CleanupResult, RunResources
 
 Logger = logging.Logger | logging.LoggerAdapter
 

@@ -16,7 +16,14 @@ from typing import Literal
 from botocore.client import BaseClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws.spot_pricing import ENDED_STATES, SpotPrice, effective_prices, price_history, run_machines, utc
+from prefect_distributed.core.aws.spot_pricing import (
+    ENDED_STATES,
+    SpotPrice,
+    effective_prices,
+    price_history,
+    run_machines,
+    utc,
+)
 
 PricesAt = Literal["launch", "now"]
 

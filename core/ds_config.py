@@ -24,8 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.config import DS_NAMES, QUEUE_ARN, parse_config
-from core.errors import ConfigError
+from prefect_distributed.core.config import DS_NAMES, QUEUE_ARN, parse_config
+from prefect_distributed.core.errors import ConfigError
 
 HEADER = "# Converted from a Distributed-Something config.py"
 DCP_ONLY = frozenset({"SOURCE_BUCKET", "WORKSPACE_BUCKET", "DESTINATION_BUCKET", "DOWNLOAD_FILES", "ALWAYS_CONTINUE"})

@@ -20,10 +20,10 @@ from itertools import islice
 from botocore.client import BaseClient
 from pydantic import BaseModel, ConfigDict
 
-from core.aws import s3
-from core.aws.sqs_send import send_messages_concurrently
-from core.jobs import Job, JobMessage
-from core.models import EnqueueResult, RunResources
+from prefect_distributed.core.aws import s3
+from prefect_distributed.core.aws.sqs_send import send_messages_concurrently
+from prefect_distributed.core.jobs import Job, JobMessage
+from prefect_distributed.core.models import EnqueueResult, RunResources
 
 logger = logging.getLogger(__name__)
 

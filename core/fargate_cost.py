@@ -19,10 +19,10 @@ from typing import Any
 
 from botocore.client import BaseClient
 
-from core.aws.clients import chunks, paginate
-from core.aws.ecs_capacity import FARGATE_SPOT
-from core.aws.spot_pricing import utc
-from core.cost import CostEstimate, CostReport, PriceRange, TypeCost
+from prefect_distributed.core.aws.clients import chunks, paginate
+from prefect_distributed.core.aws.ecs_capacity import FARGATE_SPOT
+from prefect_distributed.core.aws.spot_pricing import utc
+from prefect_distributed.core.cost import CostEstimate, CostReport, PriceRange, TypeCost
 
 PRICES_REGION = "us-east-1"
 USD_PER_VCPU_HOUR = 0.04048

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 from botocore.client import BaseClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws import sqs
-from core.fleets.base import FleetBackend
-from core.tags import CREATED_BY, DEAD_LETTER, TAG_APP, TAG_CREATED_BY, TAG_QUEUE_ROLE, TAG_RUN_ID
+from prefect_distributed.core.aws import sqs
+from prefect_distributed.core.fleets.base import FleetBackend
+from prefect_distributed.core.tags import CREATED_BY, DEAD_LETTER, TAG_APP, TAG_CREATED_BY, TAG_QUEUE_ROLE, TAG_RUN_ID
 
 logger = logging.getLogger(__name__)
 

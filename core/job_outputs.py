@@ -22,8 +22,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from core.errors import ConfigError
-from core.idset import JobIdSet
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.idset import JobIdSet
 
 METADATA_KEY = "Metadata"
 OUTPUT_STRUCTURE_KEY = "output_structure"

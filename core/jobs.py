@@ -30,11 +30,11 @@ import ijson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws.sqs import MAX_MESSAGE_BYTES
-from core.config import JobSettings
-from core.errors import ConfigError
-from core.idset import JobIdSet
-from core.job_outputs import METADATA_KEY, PrefixCheck, metadata_fields, overlap, own_folder
+from prefect_distributed.core.aws.sqs import MAX_MESSAGE_BYTES
+from prefect_distributed.core.config import JobSettings
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.idset import JobIdSet
+from prefect_distributed.core.job_outputs import METADATA_KEY, PrefixCheck, metadata_fields, overlap, own_folder
 
 logger = logging.getLogger(__name__)
 

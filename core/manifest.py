@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from botocore.client import BaseClient
 
-from core.models import DeadJob, shown_fields
+from prefect_distributed.core.models import DeadJob, shown_fields
 
 JobState = Literal["succeeded", "skipped", "failed", "unfinished"]
 COLUMNS = ("job_id", "state", "attempts", "reason", "fields")

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from core.config import RunConfig
-from core.cost import CostEstimate, CostReport
-from core.tags import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID
-from worker.core import MAX_OUTPUT_TAIL_CHARS, MAX_REASON_CHARS
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.cost import CostEstimate, CostReport
+from prefect_distributed.core.tags import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID
+from prefect_distributed.worker.core import MAX_OUTPUT_TAIL_CHARS, MAX_REASON_CHARS
 
 # A field value longer than this (as JSON) is shown as its size in summaries, manifests and the UI;
 # the job file keeps it, and jobs are found again by id.

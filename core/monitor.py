@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core.errors import BudgetExceededError, DistributedError, FleetError
-from core.fleets.base import FleetBackend
-from core.models import FleetHandle, RunSnapshot
-from core.monitor_policy import Decision, MonitorPolicy, Reading, Stop
+from prefect_distributed.core.errors import BudgetExceededError, DistributedError, FleetError
+from prefect_distributed.core.fleets.base import FleetBackend
+from prefect_distributed.core.models import FleetHandle, RunSnapshot
+from prefect_distributed.core.monitor_policy import Decision, MonitorPolicy, Reading, Stop
 
 logger = logging.getLogger(__name__)
 

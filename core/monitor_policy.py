@@ -20,9 +20,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.config import RunConfig
-from core.cost import budget_exceeded
-from core.models import RunSnapshot
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.cost import budget_exceeded
+from prefect_distributed.core.models import RunSnapshot
 
 # While nothing waits, how often scale-in runs again with unchanged counts (idle machines freed since).
 SCALE_IN_REPEAT_S = 300.0

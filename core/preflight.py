@@ -19,27 +19,35 @@ from typing import Any
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from core.aws import ec2 as ec2_api
-from core.aws import iam as iam_api
-from core.aws import network, s3, service_quotas, sqs
-from core.aws.clients import AwsClients, error_code
-from core.aws.sts import Identity, caller_identity
-from core.config import RunConfig
-from core.errors import ConfigError
-from core.fleets import docker as docker_fleet
-from core.fleets import spot_fleet
-from core.fleets.fleet_file import (
+from prefect_distributed.core.aws import ec2 as ec2_api
+from prefect_distributed.core.aws import iam as iam_api
+from prefect_distributed.core.aws import network, s3, service_quotas, sqs
+from prefect_distributed.core.aws.clients import AwsClients, error_code
+from prefect_distributed.core.aws.sts import Identity, caller_identity
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.fleets import docker as docker_fleet
+from prefect_distributed.core.fleets import spot_fleet
+from prefect_distributed.core.fleets.fleet_file import (
     INSTANCE_PROFILE_ARN,
     KEY_PLACEHOLDER,
     ROLE_ARN,
     fleet_file_problems,
     read_fleet_file,
 )
-from core.fleets.spot_fleet import MACHINE_SIZES, SpotFleetSettings, validate_spot_fleet
-from core.models import TAG_APP
-from core.preflight_network import NetworkChecks
-from core.preflight_capacity import capacity_rows
-from core.preflight_rows import BOOTSTRAP, CheckRow, PreflightReport, guarded, row_ok, row_problem, row_warning
+from prefect_distributed.core.fleets.spot_fleet import MACHINE_SIZES, SpotFleetSettings, validate_spot_fleet
+from prefect_distributed.core.models import TAG_APP
+from prefect_distributed.core.preflight_capacity import capacity_rows
+from prefect_distributed.core.preflight_network import NetworkChecks
+from prefect_distributed.core.preflight_rows import (
+    BOOTSTRAP,
+    CheckRow,
+    PreflightReport,
+    guarded,
+    row_ok,
+    row_problem,
+    row_warning,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -15,18 +15,18 @@ from typing import Any
 
 from botocore.client import BaseClient
 
-from core.aws import iam as iam_api
-from core.aws import network, service_quotas
-from core.aws.clients import AwsClients
-from core.aws.ec2 import machine_sizes
-from core.aws.sts import Identity, caller_identity
-from core.config import RunConfig
-from core.errors import ConfigError
-from core.fleets import BACKENDS
-from core.fleets.ec2_spot import Ec2SpotFleet, Ec2SpotSettings
-from core.fleets.fargate import FargateFleet, FargateSettings
-from core.fleets.spot_fleet import MACHINE_SIZES, machine_fit_problems
-from core.preflight_rows import BOOTSTRAP, CheckRow, Status, guarded
+from prefect_distributed.core.aws import iam as iam_api
+from prefect_distributed.core.aws import network, service_quotas
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.aws.ec2 import machine_sizes
+from prefect_distributed.core.aws.sts import Identity, caller_identity
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.fleets import BACKENDS
+from prefect_distributed.core.fleets.ec2_spot import Ec2SpotFleet, Ec2SpotSettings
+from prefect_distributed.core.fleets.fargate import FargateFleet, FargateSettings
+from prefect_distributed.core.fleets.spot_fleet import MACHINE_SIZES, machine_fit_problems
+from prefect_distributed.core.preflight_rows import BOOTSTRAP, CheckRow, Status, guarded
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 # What an ECS task on Fargate needs without a route to the internet: ECR (API, registry and its S3

@@ -7,10 +7,10 @@ from typing import Any
 
 from botocore.client import BaseClient
 
-from core.aws import launch_template as template_api
-from core.aws import network
-from core.fleets.fleet_file import GROUP_ID, SUBNET_ID
-from core.preflight_rows import CheckRow, row_ok, row_problem
+from prefect_distributed.core.aws import launch_template as template_api
+from prefect_distributed.core.aws import network
+from prefect_distributed.core.fleets.fleet_file import GROUP_ID, SUBNET_ID
+from prefect_distributed.core.preflight_rows import CheckRow, row_ok, row_problem
 
 # What a machine in a subnet without a route to the internet needs: ECS for the agent, and the
 # services the worker calls (S3 through a gateway endpoint, SQS and CloudWatch Logs interfaces).

@@ -8,8 +8,8 @@ from typing import Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws.clients import error_code
-from core.errors import ConfigError
+from prefect_distributed.core.aws.clients import error_code
+from prefect_distributed.core.errors import ConfigError
 
 Status = Literal["ok", "warning", "problem"]
 BOOTSTRAP = "run the bootstrap (prefect deployment run distributed/bootstrap -p config=...)"

@@ -14,14 +14,14 @@ from typing import Any, Literal, NamedTuple
 
 from botocore.client import BaseClient
 
-from core.aws.s3 import get_json, list_keys, put_json
-from core.aws.sqs import DeadMessage
-from core.idset import JobIdSet
-from core.jobs import Job
-from core.manifest import JobState, Manifest
-from core.models import DeadJob, RunResources, RunSummary
-from worker.core import attempt_numbers, attempt_prefix
-from worker.output import mask
+from prefect_distributed.core.aws.s3 import get_json, list_keys, put_json
+from prefect_distributed.core.aws.sqs import DeadMessage
+from prefect_distributed.core.idset import JobIdSet
+from prefect_distributed.core.jobs import Job
+from prefect_distributed.core.manifest import JobState, Manifest
+from prefect_distributed.core.models import DeadJob, RunResources, RunSummary
+from prefect_distributed.worker.core import attempt_numbers, attempt_prefix
+from prefect_distributed.worker.output import mask
 
 OUTCOME_STATUSES = ("succeeded", "skipped")
 

@@ -6,8 +6,8 @@ fleets run the worker the same way. Nothing secret is ever put here.
 
 from __future__ import annotations
 
-from core.config import RunConfig
-from core.models import QueueUrls, RunResources
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.models import QueueUrls, RunResources
 
 # How long a worker gets from SIGTERM to exit (ECS stopTimeout, docker's stop timeout): an idle
 # worker first finishes its long poll (at most SQS's 20 s) and hands back what it brought; a busy

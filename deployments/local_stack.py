@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core import emulator  # noqa: E402
 from deployments.demo.data import CONFIG, upload_inputs  # noqa: E402
+from prefect_distributed.core import emulator  # noqa: E402
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 WORK_POOL = "distributed"

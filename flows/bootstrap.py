@@ -10,10 +10,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from core import bootstrap as core_bootstrap
-from core.bootstrap import DEFAULT_PREFIX, BootstrapNames, BootstrapResult, DestroyResult
-from tasks._aws import aws_clients
-from tasks.validate import ConfigParameter, resolve_config
+from prefect_distributed.core import bootstrap as core_bootstrap
+from prefect_distributed.core.bootstrap import DEFAULT_PREFIX, BootstrapNames, BootstrapResult, DestroyResult
+from prefect_distributed.tasks._aws import aws_clients
+from prefect_distributed.tasks.validate import ConfigParameter, resolve_config
 
 
 def _bootstrap_markdown(result: BootstrapResult) -> str:

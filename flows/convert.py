@@ -12,9 +12,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from core.ds_config import DsConversion, refused_values, write_ds_config
-from core.errors import ConfigError
-from tasks.validate import ConfigParameter
+from prefect_distributed.core.ds_config import DsConversion, refused_values, write_ds_config
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.tasks.validate import ConfigParameter
 
 
 def _markdown(output: Path, conversion: DsConversion) -> str:

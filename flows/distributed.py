@@ -32,33 +32,33 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run as current_run
 from prefect.states import Cancelled, Completed, Failed, State
 
-from core.batch import Batch
-from core.bootstrap import BootstrapResult, DestroyResult
-from core.cleanup import clean_up
-from core.config import RunConfig
-from core.cost import CostEstimate
-from core.ds_config import DsConversion
-from core.errors import ConfigError, DistributedError
-from core.models import QueueUrls, RunResources, RunSummary
-from core.preflight import PreflightReport
-from core.records import read_summary
-from flows.bootstrap import bootstrap_account
-from flows.convert import convert_ds_config
-from flows.preflight import preflight
-from tasks._aws import aws_clients
-from tasks.cancel import cancel_request
-from tasks.cleanup import cleanup_run
-from tasks.cost import estimate_run_cost
-from tasks.enqueue import enqueue_jobs
-from tasks.events import announce
-from tasks.fleet import start_fleet
-from tasks.monitor import finish_progress, monitor_run, start_progress
-from tasks.preflight import preflight_run
-from tasks.report import how_to_go_on, publish_summary, summarize_run
-from tasks.rerun import select_failed_jobs
-from tasks.resume import check_resumable
-from tasks.setup import setup_run
-from tasks.validate import ConfigParameter, resolve_config, validate_run
+from prefect_distributed.core.batch import Batch
+from prefect_distributed.core.bootstrap import BootstrapResult, DestroyResult
+from prefect_distributed.core.cleanup import clean_up
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.cost import CostEstimate
+from prefect_distributed.core.ds_config import DsConversion
+from prefect_distributed.core.errors import ConfigError, DistributedError
+from prefect_distributed.core.models import QueueUrls, RunResources, RunSummary
+from prefect_distributed.core.preflight import PreflightReport
+from prefect_distributed.core.records import read_summary
+from prefect_distributed.flows.bootstrap import bootstrap_account
+from prefect_distributed.flows.convert import convert_ds_config
+from prefect_distributed.flows.preflight import preflight
+from prefect_distributed.tasks._aws import aws_clients
+from prefect_distributed.tasks.cancel import cancel_request
+from prefect_distributed.tasks.cleanup import cleanup_run
+from prefect_distributed.tasks.cost import estimate_run_cost
+from prefect_distributed.tasks.enqueue import enqueue_jobs
+from prefect_distributed.tasks.events import announce
+from prefect_distributed.tasks.fleet import start_fleet
+from prefect_distributed.tasks.monitor import finish_progress, monitor_run, start_progress
+from prefect_distributed.tasks.preflight import preflight_run
+from prefect_distributed.tasks.report import how_to_go_on, publish_summary, summarize_run
+from prefect_distributed.tasks.rerun import select_failed_jobs
+from prefect_distributed.tasks.resume import check_resumable
+from prefect_distributed.tasks.setup import setup_run
+from prefect_distributed.tasks.validate import ConfigParameter, resolve_config, validate_run
 
 
 def _app_name(config: Any) -> str:

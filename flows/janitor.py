@@ -11,9 +11,9 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
-from core.fleets import BACKENDS
-from core.janitor import JanitorReport, sweep
-from tasks._aws import clients_for
+from prefect_distributed.core.fleets import BACKENDS
+from prefect_distributed.core.janitor import JanitorReport, sweep
+from prefect_distributed.tasks._aws import clients_for
 
 
 def _run_is_over(run_id: str) -> bool | None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from core.preflight import PreflightReport
-from tasks.preflight import preflight_run
-from tasks.validate import ConfigParameter, resolve_config
+from prefect_distributed.core.preflight import PreflightReport
+from prefect_distributed.tasks.preflight import preflight_run
+from prefect_distributed.tasks.validate import ConfigParameter, resolve_config
 
 
 @flow(

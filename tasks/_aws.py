@@ -11,9 +11,9 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import State
 from prefect_aws import AwsCredentials
 
-from core.aws.clients import AwsClients, check_endpoint, is_transient
-from core.config import RunConfig
-from core.errors import ConfigError
+from prefect_distributed.core.aws.clients import AwsClients, check_endpoint, is_transient
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.errors import ConfigError
 
 
 def load_credentials(credentials_block: str | None) -> AwsCredentials:

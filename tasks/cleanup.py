@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.cleanup import clean_up
-from core.config import RunConfig
-from core.models import CleanupResult, RunResources
-from tasks._aws import AWS_RETRIES, aws_clients
+from prefect_distributed.core.cleanup import clean_up
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.models import CleanupResult, RunResources
+from prefect_distributed.tasks._aws import AWS_RETRIES, aws_clients
 
 
 @task(name="cleanup", cache_policy=NO_CACHE, **AWS_RETRIES)

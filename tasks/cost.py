@@ -6,10 +6,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from core.config import RunConfig
-from core.cost import CostEstimate
-from core.fleets import fleet_backend
-from tasks._aws import AWS_RETRIES, aws_clients
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.cost import CostEstimate
+from prefect_distributed.core.fleets import fleet_backend
+from prefect_distributed.tasks._aws import AWS_RETRIES, aws_clients
 
 
 @task(name="cost estimate", cache_policy=NO_CACHE, **AWS_RETRIES)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.batch import Batch
-from core.config import RunConfig
-from core.enqueue import enqueue_batch
-from core.models import EnqueueResult, QueueUrls, RunResources
-from core.records import read_outcomes
-from tasks._aws import AWS_RETRIES, aws_clients
+from prefect_distributed.core.batch import Batch
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.enqueue import enqueue_batch
+from prefect_distributed.core.models import EnqueueResult, QueueUrls, RunResources
+from prefect_distributed.core.records import read_outcomes
+from prefect_distributed.tasks._aws import AWS_RETRIES, aws_clients
 
 
 @task(name="enqueue", cache_policy=NO_CACHE, **AWS_RETRIES)

@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect.events import emit_event
 
-from core.models import RunResources
+from prefect_distributed.core.models import RunResources
 
 MILESTONES = ("queue-ready", "jobs-enqueued", "fleet-up", "batch-complete", "cleanup-done")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.config import RunConfig
-from core.fleets import FleetRequest, fleet_backend
-from core.models import FleetHandle, QueueUrls, RunResources
-from core.worker_env import worker_environment
-from tasks._aws import AWS_RETRIES, aws_clients
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.fleets import FleetRequest, fleet_backend
+from prefect_distributed.core.models import FleetHandle, QueueUrls, RunResources
+from prefect_distributed.core.worker_env import worker_environment
+from prefect_distributed.tasks._aws import AWS_RETRIES, aws_clients
 
 
 @task(name="start fleet", cache_policy=NO_CACHE, **AWS_RETRIES)

@@ -12,15 +12,15 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 
-from core.aws import sqs
-from core.config import RunConfig
-from core.fleets import fleet_backend
-from core.models import FleetHandle, QueueUrls, RunResources, RunSnapshot, RunSummary
-from core.monitor import RunFleet, wait_for_completion
-from core.monitor_policy import MonitorPolicy, PolicySettings
-from core.records import read_outcomes
-from tasks._aws import AWS_RETRIES, aws_clients
-from tasks.cancel import cancel_request
+from prefect_distributed.core.aws import sqs
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.fleets import fleet_backend
+from prefect_distributed.core.models import FleetHandle, QueueUrls, RunResources, RunSnapshot, RunSummary
+from prefect_distributed.core.monitor import RunFleet, wait_for_completion
+from prefect_distributed.core.monitor_policy import MonitorPolicy, PolicySettings
+from prefect_distributed.core.records import read_outcomes
+from prefect_distributed.tasks._aws import AWS_RETRIES, aws_clients
+from prefect_distributed.tasks.cancel import cancel_request
 
 HEARTBEAT_S = 30.0
 

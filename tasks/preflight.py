@@ -6,9 +6,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from core.config import RunConfig
-from core.preflight import PreflightReport, run_preflight
-from tasks._aws import AWS_RETRIES, aws_clients
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.preflight import PreflightReport, run_preflight
+from prefect_distributed.tasks._aws import AWS_RETRIES, aws_clients
 
 
 @task(name="preflight", cache_policy=NO_CACHE, **AWS_RETRIES)

@@ -10,17 +10,17 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from core.aws import sqs
-from core.batch import Batch
-from core.config import RunConfig
-from core.cost import CostEstimate
-from core.errors import DistributedError
-from core.fleets import fleet_backend
-from core.manifest import Manifest
-from core.models import CleanupResult, RunResources, RunSummary
-from core.records import build_summary, dead_jobs, read_outcomes, read_summary, save_summary
-from tasks._aws import AWS_RETRIES, aws_clients
-from tasks.validate import ConfigParameter, resolve_config
+from prefect_distributed.core.aws import sqs
+from prefect_distributed.core.batch import Batch
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.cost import CostEstimate
+from prefect_distributed.core.errors import DistributedError
+from prefect_distributed.core.fleets import fleet_backend
+from prefect_distributed.core.manifest import Manifest
+from prefect_distributed.core.models import CleanupResult, RunResources, RunSummary
+from prefect_distributed.core.records import build_summary, dead_jobs, read_outcomes, read_summary, save_summary
+from prefect_distributed.tasks._aws import AWS_RETRIES, aws_clients
+from prefect_distributed.tasks.validate import ConfigParameter, resolve_config
 
 
 @task(name="summarize", cache_policy=NO_CACHE, **AWS_RETRIES)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.aws.s3 import get_json
-from core.batch import Batch
-from core.config import RunConfig
-from core.errors import ConfigError
-from core.jobs import JobFileCheck, reread_jobs
-from tasks._aws import AWS_RETRIES, aws_clients
+from prefect_distributed.core.aws.s3 import get_json
+from prefect_distributed.core.batch import Batch
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.jobs import JobFileCheck, reread_jobs
+from prefect_distributed.tasks._aws import AWS_RETRIES, aws_clients
 
 
 @task(name="select failed jobs", cache_policy=NO_CACHE, **AWS_RETRIES)

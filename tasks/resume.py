@@ -11,12 +11,12 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run as current_run
 from prefect.states import Crashed
 
-from core.aws import s3
-from core.config import RunConfig
-from core.enqueue import marker_key
-from core.errors import ConfigError
-from core.models import RunResources
-from tasks._aws import AWS_RETRIES, aws_clients
+from prefect_distributed.core.aws import s3
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.enqueue import marker_key
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.models import RunResources
+from prefect_distributed.tasks._aws import AWS_RETRIES, aws_clients
 
 
 @task(name="check resumable", cache_policy=NO_CACHE, **AWS_RETRIES)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.aws import s3, sqs
-from core.config import RunConfig
-from core.fleets import fleet_backend
-from core.models import QueueUrls, RunResources
-from core.tags import DEAD_LETTER, TAG_QUEUE_ROLE
-from tasks._aws import AWS_RETRIES, aws_clients
+from prefect_distributed.core.aws import s3, sqs
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.fleets import fleet_backend
+from prefect_distributed.core.models import QueueUrls, RunResources
+from prefect_distributed.core.tags import DEAD_LETTER, TAG_QUEUE_ROLE
+from prefect_distributed.tasks._aws import AWS_RETRIES, aws_clients
 
 
 @task(name="setup", cache_policy=NO_CACHE, **AWS_RETRIES)

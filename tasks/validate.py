@@ -9,10 +9,10 @@ from typing import Any
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict
 
-from blocks.config import DistributedConfig
-from core.config import RunConfig, load_config_file, parse_config
-from core.errors import ConfigError
-from core.jobs import JobFileCheck, check_jobs
+from prefect_distributed.blocks.config import DistributedConfig
+from prefect_distributed.core.config import RunConfig, load_config_file, parse_config
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.jobs import JobFileCheck, check_jobs
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 

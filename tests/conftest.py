@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Records every AWS call the code makes and checks it against the shipped IAM policies.
 pytest_plugins = ["tests.aws_calls"]
 
-from core import emulator  # noqa: E402 - after the environment is set
+from prefect_distributed.core import emulator  # noqa: E402 - after the environment is set
 from tests.ds_files import ds_files_present  # noqa: E402, F401 - a fixture for every test module
 
 

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import botocore.session
 
-from worker.main import USER_AGENT_EXTRA
+from prefect_distributed.worker.main import USER_AGENT_EXTRA
 
 # Signing names (the service in a SigV4 credential scope) whose service model is named otherwise.
 SERVICE_MODELS = {"monitoring": "cloudwatch", "servicequotas": "service-quotas"}

@@ -9,13 +9,13 @@ import json
 import boto3
 import pytest
 
-from core.aws.s3 import put_json
-from core.aws.sqs import DeadMessage
-from core.jobs import Job
-from core.manifest import Manifest
-from core.models import RunResources
-from core.records import Outcomes, build_summary, dead_jobs, read_outcomes
-from worker.core import MAX_OUTPUT_TAIL_CHARS, MAX_REASON_CHARS
+from prefect_distributed.core.aws.s3 import put_json
+from prefect_distributed.core.aws.sqs import DeadMessage
+from prefect_distributed.core.jobs import Job
+from prefect_distributed.core.manifest import Manifest
+from prefect_distributed.core.models import RunResources
+from prefect_distributed.core.records import Outcomes, build_summary, dead_jobs, read_outcomes
+from prefect_distributed.worker.core import MAX_OUTPUT_TAIL_CHARS, MAX_REASON_CHARS
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 

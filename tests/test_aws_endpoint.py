@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core.aws.clients import check_endpoint
-from core.errors import ConfigError
-from tasks._aws import clients_for
+from prefect_distributed.core.aws.clients import check_endpoint
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.tasks._aws import clients_for
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_preflight_fails_on_its_first_attempt_naming_the_endpoint(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.preflight import preflight
+    from prefect_distributed.flows.preflight import preflight
 
     config = tmp_path / "config.yaml"
     config.write_text(

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from blocks import DistributedConfig
-from core.config import load_config_file
-from core.errors import ConfigError
-from tasks.validate import resolve_config
+from prefect_distributed.blocks import DistributedConfig
+from prefect_distributed.core.config import load_config_file
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.tasks.validate import resolve_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -50,7 +50,7 @@ def test_block_types_register_from_the_module() -> None:
 
 
 def test_a_credentials_block_that_does_not_exist_is_named_with_prefect_block_ls() -> None:
-    from tasks._aws import clients_for
+    from prefect_distributed.tasks._aws import clients_for
 
     with pytest.raises(ConfigError) as error:
         clients_for("lab-creds", "us-east-1")
@@ -64,7 +64,7 @@ def test_a_credentials_block_that_does_not_exist_is_named_with_prefect_block_ls(
 def test_a_saved_credentials_block_gives_its_endpoint_to_the_clients(moto_endpoint: str) -> None:
     from prefect_aws import AwsClientParameters, AwsCredentials
 
-    from tasks._aws import clients_for
+    from prefect_distributed.tasks._aws import clients_for
 
     AwsCredentials(
         aws_access_key_id="testing",

@@ -13,11 +13,11 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
-from core.aws.clients import AwsClients
-from core.aws.iam import trust_policy
-from core.bootstrap import BootstrapNames, bootstrap, destroy
-from core.config import RunConfig, parse_config
-from core.errors import AwsOperationError, ConfigError
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.aws.iam import trust_policy
+from prefect_distributed.core.bootstrap import BootstrapNames, bootstrap, destroy
+from prefect_distributed.core.config import RunConfig, parse_config
+from prefect_distributed.core.errors import AwsOperationError, ConfigError
 from tests.aws_calls import BOOTSTRAP_ADMIN, RECORDER, granted_actions
 from tests.fakes import FakeClock
 

@@ -23,10 +23,10 @@ from typing import Any
 import boto3
 import pytest
 
-from core.aws.clients import AwsClients
-from core.bootstrap import bootstrap
-from core.config import parse_config
-from core.models import RunSummary
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.bootstrap import bootstrap
+from prefect_distributed.core.config import parse_config
+from prefect_distributed.core.models import RunSummary
 from tests.test_flow_end_to_end import BROKEN_WELL, BUCKET, upload_inputs, write_batch
 from tests.test_preflight import make_subnet
 from tests.test_preflight_capacity import second_zone
@@ -71,7 +71,7 @@ def stand_in_workers(environment: dict[str, str], workdir: Path, moto_endpoint: 
 
 def start_flow(config_path: Path) -> tuple[threading.Thread, dict[str, Any]]:
     """The distributed flow in a thread; its summary lands in the returned mapping."""
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     outcome: dict[str, Any] = {}
     flow_thread = threading.Thread(

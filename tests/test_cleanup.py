@@ -14,12 +14,12 @@ from typing import Any
 import boto3
 import pytest
 
-from core.aws import logs, sqs
-from core.aws.clients import AwsClients
-from core.cleanup import clean_up
-from core.config import RunConfig, parse_config
-from core.models import RunResources
-from core.tags import DEAD_LETTER, TAG_QUEUE_ROLE
+from prefect_distributed.core.aws import logs, sqs
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.cleanup import clean_up
+from prefect_distributed.core.config import RunConfig, parse_config
+from prefect_distributed.core.models import RunResources
+from prefect_distributed.core.tags import DEAD_LETTER, TAG_QUEUE_ROLE
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 

@@ -14,8 +14,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from core.aws.clients import AwsClients, is_transient
-from core.cleanup import clean_up
+from prefect_distributed.core.aws.clients import AwsClients, is_transient
+from prefect_distributed.core.cleanup import clean_up
 from tests.fakes import FakeClock
 from tests.faults import Fault, FaultPlan
 from tests.test_cleanup import LOGGER, local_state, make_config, queue_names, set_up_run

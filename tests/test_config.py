@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import RunConfig, load_config_file, parse_config
-from core.errors import ConfigError
+from prefect_distributed.core.config import RunConfig, load_config_file, parse_config
+from prefect_distributed.core.errors import ConfigError
 
 MINIMAL = {"app_name": "cells", "job_file": "jobs.json", "command": "run {x}", "bucket": "my-bucket"}
 
@@ -117,8 +117,8 @@ def test_job_log_streams_are_off_and_resource_lines_every_30_s_by_default() -> N
 def test_workers_get_the_runs_own_log_group_only_when_job_log_streams_are_on(
     job_log_streams: bool, log_group_name: str | None, expected: str
 ) -> None:
-    from core.models import QueueUrls, RunResources
-    from core.worker_env import worker_environment
+    from prefect_distributed.core.models import QueueUrls, RunResources
+    from prefect_distributed.core.worker_env import worker_environment
 
     container = {"job_log_streams": job_log_streams, "resource_log_interval_s": 0}
     config = parse_config({**MINIMAL, "log_group_name": log_group_name, "container": container}, "test")
@@ -175,8 +175,8 @@ def test_the_redrive_policy_sits_well_above_job_retries_within_sqss_limit(job_re
 
 @pytest.mark.parametrize("passed", [False, True])
 def test_workers_get_the_retries_and_whether_the_program_gets_aws_keys(passed: bool) -> None:
-    from core.models import QueueUrls, RunResources
-    from core.worker_env import worker_environment
+    from prefect_distributed.core.models import QueueUrls, RunResources
+    from prefect_distributed.core.worker_env import worker_environment
 
     config = parse_config(
         {**MINIMAL, "queue": {"job_retries": 4}, "container": {"pass_aws_credentials": passed}}, "test"

@@ -18,10 +18,10 @@ from typing import Any
 import boto3
 import pytest
 
-from core.config import RunConfig, parse_config
-from core.fleets import DockerFleet, FleetRequest
-from core.models import QueueUrls, RunResources, RunSummary
-from core.worker_env import worker_environment
+from prefect_distributed.core.config import RunConfig, parse_config
+from prefect_distributed.core.fleets import DockerFleet, FleetRequest
+from prefect_distributed.core.models import QueueUrls, RunResources, RunSummary
+from prefect_distributed.core.worker_env import worker_environment
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
 
@@ -151,7 +151,7 @@ def outcome_records(run_id: str) -> list[dict[str, Any]]:
 def test_a_batch_runs_through_the_flow_in_worker_containers_built_on(
     variant: str, command: str, ran_on: str, worker_image: Callable[[str], str], aws: str, tmp_path: Path
 ) -> None:
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     image = worker_image(variant)
     summary: RunSummary = distributed(config=write_batch(tmp_path, image, command))
@@ -172,8 +172,8 @@ def test_a_batch_runs_through_the_flow_in_worker_containers_built_on(
 def test_a_run_whose_image_is_missing_stops_before_creating_anything(
     preflight: bool, worker_image: Callable[[str], str], aws: str, tmp_path: Path, prefect_api: None
 ) -> None:
-    from core.errors import ConfigError
-    from flows.distributed import distributed
+    from prefect_distributed.core.errors import ConfigError
+    from prefect_distributed.flows.distributed import distributed
 
     worker_image("bookworm-python")  # an engine answers
     settings = write_batch(tmp_path, "distributed-test/no-such-image:1", SHELL_PROGRAM, preflight=preflight)
@@ -185,7 +185,7 @@ def test_a_run_whose_image_is_missing_stops_before_creating_anything(
 def test_an_image_not_built_from_the_worker_dockerfile_is_refused_with_the_fix(
     worker_image: Callable[[str], str], tmp_path: Path
 ) -> None:
-    from core.errors import ConfigError
+    from prefect_distributed.core.errors import ConfigError
 
     worker_image("bookworm-python")
     config = parse_config(write_batch(tmp_path, "local/base:bookworm-python", SHELL_PROGRAM), "test")
@@ -197,7 +197,7 @@ def test_an_image_not_built_from_the_worker_dockerfile_is_refused_with_the_fix(
 def test_no_engine_is_a_config_error_that_says_how_to_start_one(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from core.errors import ConfigError
+    from prefect_distributed.core.errors import ConfigError
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     config = parse_config(write_batch(tmp_path, "any:1", SHELL_PROGRAM), "test")
@@ -211,7 +211,7 @@ def test_no_engine_is_a_config_error_that_says_how_to_start_one(
 def test_the_preflight_table_lists_a_missing_worker_image_with_its_fix(
     worker_image: Callable[[str], str], aws: str, tmp_path: Path
 ) -> None:
-    from core.preflight import run_preflight
+    from prefect_distributed.core.preflight import run_preflight
 
     image = worker_image("bookworm-python")
     missing = parse_config(write_batch(tmp_path, "distributed-test/no-such-image:1", SHELL_PROGRAM), "test")
@@ -226,7 +226,7 @@ def test_the_preflight_table_lists_a_missing_worker_image_with_its_fix(
 
 
 def _settings(config: RunConfig) -> Any:
-    from core.fleets.docker import DockerFleetSettings
+    from prefect_distributed.core.fleets.docker import DockerFleetSettings
 
     return DockerFleetSettings.from_config(config)
 
@@ -287,7 +287,7 @@ class Worker:
 def _clients() -> Any:
     import os
 
-    from core.aws.clients import AwsClients
+    from prefect_distributed.core.aws.clients import AwsClients
 
     return AwsClients(boto3.session.Session(), "us-east-1", os.environ["AWS_ENDPOINT_URL"])
 

@@ -17,9 +17,9 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from core.aws import ec2, launch_template
-from core.aws.spot_pricing import SpotPrice, spot_prices
-from core.cost import budget_exceeded, estimate_cost, measure_cost
+from prefect_distributed.core.aws import ec2, launch_template
+from prefect_distributed.core.aws.spot_pricing import SpotPrice, spot_prices
+from prefect_distributed.core.cost import budget_exceeded, estimate_cost, measure_cost
 from tests.test_spot_fleet import TAGS, fleet_file, request_for
 
 pytestmark = pytest.mark.usefixtures("aws_mock")

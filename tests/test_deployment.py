@@ -22,9 +22,9 @@ import boto3
 import pytest
 import yaml
 
-from core.emulator import free_port
-from core.models import RunSummary
 from deployments.local_stack import PREFECT, REPO, LocalStack, local_stack
+from prefect_distributed.core.emulator import free_port
+from prefect_distributed.core.models import RunSummary
 from tests.aws_calls import emulator_call_log
 
 DEMO_CONFIG = "deployments/demo/config.yaml"

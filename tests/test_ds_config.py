@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import load_config_file
-from core.ds_config import HEADER, convert_ds_config, read_config_py, write_ds_config
-from core.errors import ConfigError
+from prefect_distributed.core.config import load_config_file
+from prefect_distributed.core.ds_config import HEADER, convert_ds_config, read_config_py, write_ds_config
+from prefect_distributed.core.errors import ConfigError
 from tests.ds_files import DS_FILES, needs_ds_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,7 +247,7 @@ def test_the_command_writes_the_config_prints_its_path_and_lists_what_was_not_ca
     shutil.copy(DS_FILES / "dcp" / "exampleJob.json", tmp_path / "jobs.json")
 
     done = subprocess.run(
-        [sys.executable, "-m", "core.ds_config", "config.py", "--job-file", "jobs.json", "--command", "cp {pipeline}"],
+        [sys.executable, "-m", "prefect_distributed.core.ds_config", "config.py", "--job-file", "jobs.json", "--command", "cp {pipeline}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -261,7 +261,7 @@ def test_the_command_writes_the_config_prints_its_path_and_lists_what_was_not_ca
     assert "  - WORKSPACE_BUCKET = 'bucket-name': there is one input bucket here" in done.stderr
     assert load_config_file(tmp_path / "config.yaml").command == "cp {pipeline}"
     missing = subprocess.run(
-        [sys.executable, "-m", "core.ds_config", "nope.py"], cwd=tmp_path, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "prefect_distributed.core.ds_config", "nope.py"], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert (missing.returncode, missing.stderr.strip()) == (
         1,
@@ -275,7 +275,7 @@ def test_the_flow_action_converts_a_config_py_and_publishes_what_was_not_carried
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     shutil.copy(DCP_CONFIG, tmp_path / "config.py")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import parse_config
-from core.jobs import Job, check_jobs, iter_jobs
+from prefect_distributed.core.config import parse_config
+from prefect_distributed.core.jobs import Job, check_jobs, iter_jobs
 from tests.ds_files import DS_FILES, needs_ds_files
 
 pytestmark = needs_ds_files

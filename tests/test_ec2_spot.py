@@ -19,12 +19,12 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from core.aws.autoscaling import explain_launch
-from core.aws.clients import AwsClients
-from core.errors import ConfigError, FleetError
-from core.fleets import Ec2SpotFleet
-from core.fleets.base import FleetRequest
-from core.fleets.ec2_spot import Ec2SpotSettings
+from prefect_distributed.core.aws.autoscaling import explain_launch
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.errors import ConfigError, FleetError
+from prefect_distributed.core.fleets import Ec2SpotFleet
+from prefect_distributed.core.fleets.base import FleetRequest
+from prefect_distributed.core.fleets.ec2_spot import Ec2SpotSettings
 from tests.fakes import FakeClock
 from tests.test_fargate import capacity_config
 from tests.test_preflight import make_subnet
@@ -192,7 +192,7 @@ def test_each_known_launch_failure_gets_its_fix(message: str, fix: str, waiting_
 
 
 def test_the_janitor_stops_the_group_of_a_run_that_is_over_and_leaves_a_running_ones(tmp_path: Path) -> None:
-    from core.janitor import sweep
+    from prefect_distributed.core.janitor import sweep
 
     subnets = two_zones()
     start(fleet_for(config(tmp_path, subnets)), run_id="over")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from core.aws import ecs, logs
-from core.errors import AwsOperationError
+from prefect_distributed.core.aws import ecs, logs
+from prefect_distributed.core.errors import AwsOperationError
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 

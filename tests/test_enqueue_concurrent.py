@@ -12,8 +12,8 @@ from typing import Any
 import boto3
 import pytest
 
-from core.aws.sqs_send import QUEUED_PER_THREAD, send_messages_concurrently
-from core.errors import AwsOperationError, ConfigError
+from prefect_distributed.core.aws.sqs_send import QUEUED_PER_THREAD, send_messages_concurrently
+from prefect_distributed.core.errors import AwsOperationError, ConfigError
 
 
 def sender_threads() -> list[threading.Thread]:

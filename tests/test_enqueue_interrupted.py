@@ -16,10 +16,10 @@ import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from core.aws import s3
-from core.enqueue import EnqueueMarker, enqueue_batch, marker_key
-from core.models import EnqueueResult
-from core.records import read_outcomes
+from prefect_distributed.core.aws import s3
+from prefect_distributed.core.enqueue import EnqueueMarker, enqueue_batch, marker_key
+from prefect_distributed.core.models import EnqueueResult
+from prefect_distributed.core.records import read_outcomes
 from tests.test_accounting import RESOURCES
 from tests.test_enqueue_resume import JOBS, jobs, new_queue, queued_job_ids
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from core.aws import s3, sqs
-from core.enqueue import EnqueueMarker, enqueue_batch, marker_key
-from core.jobs import Job
-from core.records import read_outcomes
+from prefect_distributed.core.aws import s3, sqs
+from prefect_distributed.core.enqueue import EnqueueMarker, enqueue_batch, marker_key
+from prefect_distributed.core.jobs import Job
+from prefect_distributed.core.records import read_outcomes
 from tests.test_accounting import RESOURCES
 
 pytestmark = pytest.mark.usefixtures("aws_mock")

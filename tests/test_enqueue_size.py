@@ -5,8 +5,8 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from core.aws import sqs
-from core.aws.sqs_send import send_messages_concurrently
+from prefect_distributed.core.aws import sqs
+from prefect_distributed.core.aws.sqs_send import send_messages_concurrently
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 

@@ -18,13 +18,13 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from core.aws.clients import AwsClients
-from core.config import parse_config
-from core.errors import ConfigError, FleetError
-from core.fleets import FargateFleet, fleet_backend
-from core.fleets.base import FleetRequest
-from core.fleets.fargate import FargateSettings
-from core.fleets.fargate_size import allowed_memory_mib, task_size_problems
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.config import parse_config
+from prefect_distributed.core.errors import ConfigError, FleetError
+from prefect_distributed.core.fleets import FargateFleet, fleet_backend
+from prefect_distributed.core.fleets.base import FleetRequest
+from prefect_distributed.core.fleets.fargate import FargateSettings
+from prefect_distributed.core.fleets.fargate_size import allowed_memory_mib, task_size_problems
 from tests.fakes import FakeClock
 from tests.test_preflight import make_subnet
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from core.aws.clients import AwsClients
-from core.cost import measure_cost
-from core.errors import BudgetExceededError
-from core.fleets.local import LocalFleet
-from core.models import RunSnapshot
-from core.monitor import RunFleet, RunTimeoutError, wait_for_completion
-from core.monitor_policy import MonitorPolicy, PolicySettings
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.cost import measure_cost
+from prefect_distributed.core.errors import BudgetExceededError
+from prefect_distributed.core.fleets.local import LocalFleet
+from prefect_distributed.core.models import RunSnapshot
+from prefect_distributed.core.monitor import RunFleet, RunTimeoutError, wait_for_completion
+from prefect_distributed.core.monitor_policy import MonitorPolicy, PolicySettings
 from tests.fakes import FakeClock
 from tests.test_spot_fleet import backend, settings, start
 

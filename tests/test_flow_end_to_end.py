@@ -15,8 +15,8 @@ import boto3
 import pytest
 import yaml
 
-from core.errors import ConfigError
-from core.models import RunSummary
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.models import RunSummary
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -105,7 +105,7 @@ def run_logs(flow_run_id: object, last: str) -> list:
 
 
 def run_flow(config: str | dict) -> RunSummary:
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     return distributed(config=config)
 
@@ -145,7 +145,7 @@ def test_a_run_with_dead_jobs_says_so_in_its_state_and_at_the_head_of_every_arti
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     upload_inputs()
     state = distributed(config=str(write_batch(tmp_path)), return_state=True)
@@ -174,7 +174,7 @@ def test_a_run_with_dead_jobs_says_so_in_its_state_and_at_the_head_of_every_arti
 
 
 def test_fail_on_dead_jobs_ends_such_a_run_failed_after_its_cleanup(aws: str, tmp_path: Path) -> None:
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     upload_inputs()
     state = distributed(config=str(write_batch(tmp_path, fail_on_dead_jobs=True)), return_state=True)
@@ -194,7 +194,7 @@ def test_fail_on_dead_jobs_ends_such_a_run_failed_after_its_cleanup(aws: str, tm
 def test_a_config_mistake_is_one_line_in_the_log_and_the_states_message(
     aws: str, tmp_path: Path, config: object, message: str
 ) -> None:
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     state = distributed(config=str(tmp_path / config) if isinstance(config, str) else config, return_state=True)
     logs = run_logs(state.state_details.flow_run_id, last="Finished in state")
@@ -317,7 +317,7 @@ def test_failed_jobs_can_be_rerun_once_their_cause_is_fixed(aws: str, tmp_path: 
     assert [dead.fields for dead in first.failed] == [{"well": BROKEN_WELL}]
     boto3.client("s3").put_object(Bucket=BUCKET, Key=f"inputs/{BROKEN_WELL}.txt", Body=b"7 8")
 
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     rerun = distributed(config=config, rerun_failed_from=first.run_id)
     assert (rerun.total, rerun.succeeded, rerun.failed) == (1, 1, [])
@@ -327,7 +327,7 @@ def test_failed_jobs_can_be_rerun_once_their_cause_is_fixed(aws: str, tmp_path: 
 
 def test_rerunning_a_run_without_a_summary_is_refused_before_anything_is_created(aws: str, tmp_path: Path) -> None:
     upload_inputs()
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     with pytest.raises(ConfigError, match="rerun_failed_from: no summary of run nope"):
         distributed(config=str(write_batch(tmp_path)), rerun_failed_from="nope")

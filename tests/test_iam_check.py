@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from prefect_distributed.worker.main import USER_AGENT_EXTRA
 from tests.aws_calls import (
     IAM_DIR,
     SEEN_BY_THE_EMULATOR,
@@ -19,7 +20,6 @@ from tests.aws_calls import (
     record_worker_calls_seen_by_the_emulator,
 )
 from tests.emulator_calls import read_call, rest_operation, worker_calls
-from worker.main import USER_AGENT_EXTRA
 
 pytest_plugins = ["pytester"]
 
@@ -92,7 +92,7 @@ def test_a_call_its_policy_does_not_grant_fails_a_run_whose_tests_all_passed(
 def test_removing_a_grant_the_workers_need_fails_the_worker_tests_run_as_subprocesses(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
-    """The issue's experiment, on a copy of the policies: the workers run as `python -m worker`, so
+    """The issue's experiment, on a copy of the policies: the workers run as `python -m prefect_distributed.worker`, so
     only the emulator's recording sees their calls."""
     policies = policies_without(tmp_path / "policies", WORKER_GRANTS_REMOVED)
     worker_tests = REPO / "tests" / "test_worker_process.py"

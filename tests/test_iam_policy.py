@@ -10,7 +10,7 @@ import boto3
 import botocore.session
 import pytest
 
-from core.aws.sqs import queue_url
+from prefect_distributed.core.aws.sqs import queue_url
 from tests.aws_calls import (
     BOOTSTRAP_ADMIN,
     FLOW_USER,

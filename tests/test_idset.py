@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import tracemalloc
 
-from core.idset import JobIdSet
+from prefect_distributed.core.idset import JobIdSet
 
 
 def job_id(n: int) -> str:

@@ -15,7 +15,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.states import Running
 
-from core.tags import CREATED_BY, DEAD_LETTER, TAG_QUEUE_ROLE
+from prefect_distributed.core.tags import CREATED_BY, DEAD_LETTER, TAG_QUEUE_ROLE
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -57,7 +57,7 @@ def stray_worker(local_state: Path) -> Iterator[tuple[str, subprocess.Popen[byte
 def test_leftovers_of_finished_runs_go_and_running_or_unknown_runs_stay(
     moto_endpoint: str, stray_worker: tuple[str, subprocess.Popen[bytes]], local_state: Path
 ) -> None:
-    from flows.janitor import janitor
+    from prefect_distributed.flows.janitor import janitor
 
     finished_run, worker = stray_worker
     with get_client(sync_client=True) as client:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core.aws.sqs import MAX_MESSAGE_BYTES
-from core.errors import ConfigError
-from core.jobs import JobMessage, check_jobs, iter_jobs, reread_jobs
+from prefect_distributed.core.aws.sqs import MAX_MESSAGE_BYTES
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.jobs import JobMessage, check_jobs, iter_jobs, reread_jobs
 
 COMMAND = "tool --in {input_dir} --out {output_dir} --well {well}"
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import core.job_outputs
-from core.config import JobSettings
-from core.errors import ConfigError
-from core.jobs import Job, JobMessage, check_jobs, iter_jobs
-from worker.core import job_environment, parse_message, render_command
+from prefect_distributed.core import job_outputs
+from prefect_distributed.core.config import JobSettings
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.jobs import Job, JobMessage, check_jobs, iter_jobs
+from prefect_distributed.worker.core import job_environment, parse_message, render_command
 
 
 def jobs_in(tmp_path: Path, document: object, command: str = "run", settings: JobSettings | None = None) -> list[Job]:
@@ -104,7 +104,7 @@ def test_a_hash_that_only_looks_like_a_clash_is_confirmed_by_reading_the_file_ag
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A 64-bit collision of two real prefixes cannot be made to order; every prefix hashing alike stands in for one.
-    monkeypatch.setattr(core.job_outputs, "_prefix_hash", lambda prefix: 255)
+    monkeypatch.setattr(job_outputs, "_prefix_hash", lambda prefix: 255)
     jobs = jobs_in(tmp_path, {"output": "r/{w}", "groups": [{"w": n} for n in range(20)]})
     assert len({job.output for job in jobs}) == 20
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import FleetError
-from core.models import RunSnapshot
-from core.monitor import RunTimeoutError, wait_for_completion
-from core.monitor_policy import MonitorPolicy, PolicySettings
+from prefect_distributed.core.errors import FleetError
+from prefect_distributed.core.models import RunSnapshot
+from prefect_distributed.core.monitor import RunTimeoutError, wait_for_completion
+from prefect_distributed.core.monitor_policy import MonitorPolicy, PolicySettings
 from tests.fakes import FakeClock
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.models import RunSnapshot
-from core.monitor_policy import (
+from prefect_distributed.core.models import RunSnapshot
+from prefect_distributed.core.monitor_policy import (
     BUDGET_CHECK_S,
     SCALE_IN_REPEAT_S,
     Decision,

@@ -18,12 +18,12 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from core.aws.clients import AwsClients
-from core.aws.iam import trust_policy
-from core.bootstrap import BootstrapResult, bootstrap
-from core.config import RunConfig, parse_config
-from core.errors import ConfigError
-from core.preflight import PreflightReport, run_preflight
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.aws.iam import trust_policy
+from prefect_distributed.core.bootstrap import BootstrapResult, bootstrap
+from prefect_distributed.core.config import RunConfig, parse_config
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.preflight import PreflightReport, run_preflight
 from tests.ds_files import DS_FILES, needs_ds_files
 from tests.fakes import FakeClock
 
@@ -429,9 +429,9 @@ def test_the_bootstrap_and_preflight_flows_publish_their_artifacts(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    from core import bootstrap as bootstrap_module
-    from flows.bootstrap import bootstrap_account
-    from flows.preflight import preflight
+    from prefect_distributed.core import bootstrap as bootstrap_module
+    from prefect_distributed.flows.bootstrap import bootstrap_account
+    from prefect_distributed.flows.preflight import preflight
 
     monkeypatch.setattr(bootstrap_module, "SETTLE_S", 0.0)  # no real wait for IAM propagation
     subnet, group = make_subnet()
@@ -479,7 +479,7 @@ def test_the_bootstrap_and_preflight_flows_publish_their_artifacts(
 def test_the_run_flow_stops_at_its_preflight_with_every_problem_and_creates_nothing(
     account: AwsClients, prefect_api: None, tmp_path: Path
 ) -> None:
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     fleet_file, _ = break_account(account, tmp_path)
     (tmp_path / "jobs.json").write_text(json.dumps({"output": "results/{plate}", "groups": [{"plate": "P1"}]}))

@@ -11,8 +11,8 @@ from typing import Any
 
 import boto3
 
-from core.aws.clients import AwsClients
-from core.preflight import run_preflight
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.preflight import run_preflight
 from tests.test_fargate import capacity_config
 from tests.test_preflight import account, bootstrapped, make_subnet  # noqa: F401 - the account fixture
 

@@ -7,9 +7,9 @@ import json
 import boto3
 import pytest
 
-from core.aws import sqs
-from core.aws.sqs_send import send_messages_concurrently
-from core.errors import AwsOperationError
+from prefect_distributed.core.aws import sqs
+from prefect_distributed.core.aws.sqs_send import send_messages_concurrently
+from prefect_distributed.core.errors import AwsOperationError
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 

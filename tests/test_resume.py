@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prefect.settings import PREFECT_API_URL
 
-from core.models import RunSummary
+from prefect_distributed.core.models import RunSummary
 from tests.test_flow_end_to_end import BUCKET, aws, queues_left  # noqa: F401 - `aws` is a fixture (used by pytestmark)
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "aws")
@@ -111,13 +111,13 @@ def test_a_batch_whose_flow_was_killed_after_enqueue_is_resumed_without_sending_
 
 
 def run_flow_resumed(config: str, run_id: str) -> RunSummary:
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     return distributed(config=config, resume_run_id=run_id)
 
 
 def test_resuming_a_run_that_never_enqueued_is_refused_before_anything_is_created(tmp_path: Path) -> None:
-    from core.errors import ConfigError
+    from prefect_distributed.core.errors import ConfigError
 
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     with pytest.raises(ConfigError, match="resume_run_id: run 0000.* has no records"):
@@ -129,7 +129,7 @@ def test_a_second_run_of_a_finished_batch_skips_every_job_runs_no_program_and_sa
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    from flows.distributed import distributed
+    from prefect_distributed.flows.distributed import distributed
 
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     config = str(write_batch(tmp_path, check_if_done=True))

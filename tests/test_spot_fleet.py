@@ -15,14 +15,20 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from core.aws import ec2, ecs, launch_template
-from core.aws.clients import AwsClients
-from core.config import parse_config
-from core.errors import ConfigError, FleetError
-from core.fleets import fleet_file as fleet_file_module
-from core.fleets import spot_fleet
-from core.fleets.base import FleetRequest
-from core.fleets.spot_fleet import MACHINE_SIZES, SpotFleet, SpotFleetSettings, resource_name, validate_spot_fleet
+from prefect_distributed.core.aws import ec2, ecs, launch_template
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.config import parse_config
+from prefect_distributed.core.errors import ConfigError, FleetError
+from prefect_distributed.core.fleets import fleet_file as fleet_file_module
+from prefect_distributed.core.fleets import spot_fleet
+from prefect_distributed.core.fleets.base import FleetRequest
+from prefect_distributed.core.fleets.spot_fleet import (
+    MACHINE_SIZES,
+    SpotFleet,
+    SpotFleetSettings,
+    resource_name,
+    validate_spot_fleet,
+)
 from tests.ds_files import DS_FILES, needs_ds_files
 from tests.fakes import FakeClock
 from tests.test_preflight import make_subnet
@@ -108,7 +114,7 @@ def error_record(sub_type: str, description: str | None = None) -> dict[str, Any
 
 
 def test_the_example_fleet_file_loads_and_names_the_roles_the_bootstrap_makes() -> None:
-    from core.bootstrap import BootstrapNames
+    from prefect_distributed.core.bootstrap import BootstrapNames
 
     names = BootstrapNames()
     example = fleet_file_module.load_fleet_file(EXAMPLE)

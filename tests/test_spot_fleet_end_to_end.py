@@ -15,10 +15,10 @@ import boto3
 import pytest
 import yaml
 
-from core.aws.clients import AwsClients
-from core.bootstrap import bootstrap
-from core.config import parse_config
-from core.models import RunSummary
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.bootstrap import bootstrap
+from prefect_distributed.core.config import parse_config
+from prefect_distributed.core.models import RunSummary
 from tests.test_capacity_end_to_end import (
     container_environment,
     first_task_definition,

@@ -1,6 +1,6 @@
 """When a worker process runs a job's program: with check_if_done off it runs even though the
 outputs are there, and a failed attempt is retried after retry_delay_s, not at once (the moto
-server, real `python -m worker` processes)."""
+server, real `python -m prefect_distributed.worker` processes)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from worker.core import (
+from prefect_distributed.worker.core import (
     MAX_ARGUMENT_BYTES,
     MAX_ENV_VALUE_BYTES,
     MAX_OUTPUT_TAIL_CHARS,
@@ -35,9 +35,16 @@ from worker.core import (
     retries_spent,
     settings_from_env,
 )
-from worker.joblog import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, batches, log_event
-from worker.resources import ResourceReading, describe_resources
-from worker.spot import InstanceAction, parse_instance_action
+from prefect_distributed.worker.joblog import (
+    EVENT_OVERHEAD_BYTES,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_EVENT_BYTES,
+    batches,
+    log_event,
+)
+from prefect_distributed.worker.resources import ResourceReading, describe_resources
+from prefect_distributed.worker.spot import InstanceAction, parse_instance_action
 
 REQUIRED_ENV = {
     "DISTRIBUTED_QUEUE_URL": "https://sqs.example/queue",

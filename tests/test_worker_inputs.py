@@ -9,8 +9,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from worker.core import JobMessage, PermanentFailure, WorkerSettings, settings_from_env
-from worker.inputs import fetch_inputs
+from prefect_distributed.worker.core import JobMessage, PermanentFailure, WorkerSettings, settings_from_env
+from prefect_distributed.worker.inputs import fetch_inputs
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from worker.output import MASK, MAX_LINE_BYTES, OutputLines, mask, secrets_in
-from worker.program import program_environment
+from prefect_distributed.worker.output import MASK, MAX_LINE_BYTES, OutputLines, mask, secrets_in
+from prefect_distributed.worker.program import program_environment
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 

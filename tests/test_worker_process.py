@@ -1,4 +1,5 @@
-"""Real worker processes (`python -m worker`) against the moto server.
+"""Real worker processes against the moto server: the worker folder on its own, as the image runs it
+(`python -m worker` from the repository root, nothing of the package imported).
 
 Every test asserts on the state left in AWS (objects, records, queue counts, the dead-letter queue),
 never on the order of calls.
@@ -29,15 +30,15 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from core import emulator
-from core.aws import sqs as sqs_ops
-from core.aws.sqs import read_dead_messages
-from core.config import QueueSettings
-from core.jobs import Job
-from core.manifest import Manifest
-from core.models import RunResources, RunSummary
-from core.records import build_summary, dead_jobs, read_outcomes
-from worker import spot
+from prefect_distributed.core import emulator
+from prefect_distributed.core.aws import sqs as sqs_ops
+from prefect_distributed.core.aws.sqs import read_dead_messages
+from prefect_distributed.core.config import QueueSettings
+from prefect_distributed.core.jobs import Job
+from prefect_distributed.core.manifest import Manifest
+from prefect_distributed.core.models import RunResources, RunSummary
+from prefect_distributed.core.records import build_summary, dead_jobs, read_outcomes
+from prefect_distributed.worker import spot
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ID = "run-test"

@@ -21,10 +21,10 @@ from typing import Any
 import boto3
 import pytest
 
-from core import emulator
-from worker.core import WorkerSettings
-from worker.loop import Clients, WorkerLoop
-from worker.protection import TaskProtection
+from prefect_distributed.core import emulator
+from prefect_distributed.worker.core import WorkerSettings
+from prefect_distributed.worker.loop import Clients, WorkerLoop
+from prefect_distributed.worker.protection import TaskProtection
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 

@@ -10,6 +10,8 @@ import shlex
 import signal
 from pathlib import Path
 
+from prefect_distributed.worker.core import MAX_OUTPUT_TAIL_CHARS, MAX_REASON_CHARS
+from prefect_distributed.worker.output import MAX_LINE_BYTES
 from tests.test_worker_process import (  # noqa: F401 - make_stack is a fixture
     OUTPUT_BUCKET,
     RECORDS_BUCKET,
@@ -19,8 +21,6 @@ from tests.test_worker_process import (  # noqa: F401 - make_stack is a fixture
     wait_until,
     write_script,
 )
-from worker.core import MAX_OUTPUT_TAIL_CHARS, MAX_REASON_CHARS
-from worker.output import MAX_LINE_BYTES
 
 # The documented bound on a worker's peak memory (worker/README.md), whatever its program prints.
 WORKER_PEAK_RSS_MIB = 100

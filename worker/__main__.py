@@ -1,5 +1,5 @@
-"""`python -m worker`: run the worker until the queue has drained or it is told to stop."""
+"""`python -m prefect_distributed.worker`: run the worker until the queue has drained or it is told to stop."""
 
-from worker.main import main
+from .main import main
 
 raise SystemExit(main())

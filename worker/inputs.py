@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.core import JobMessage, PermanentFailure, WorkerSettings
+from .core import JobMessage, PermanentFailure, WorkerSettings
 
 MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 _FILE_NAME = "FileName_"

@@ -24,7 +24,7 @@ from typing import Any
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.core import (
+from .core import (
     MAX_REASON_CHARS,
     JobMessage,
     MalformedJob,
@@ -45,11 +45,11 @@ from worker.core import (
     render_command,
     retries_spent,
 )
-from worker.inputs import DownloadFailed, fetch_inputs
-from worker.joblog import JobLogRouter
-from worker.output import secrets_in
-from worker.program import Heartbeat, program_environment, run_program
-from worker.protection import TaskProtection
+from .inputs import DownloadFailed, fetch_inputs
+from .joblog import JobLogRouter
+from .output import secrets_in
+from .program import Heartbeat, program_environment, run_program
+from .protection import TaskProtection
 
 logger = logging.getLogger("worker")
 

@@ -1,4 +1,6 @@
-"""`python -m worker`: configuration, logging, signals, and the threads of the worker process.
+"""The worker process: configuration, logging, signals, and its threads.
+
+Started as `python -m prefect_distributed.worker` (the local fleet) or by worker/entrypoint.py (the image).
 
 Besides the worker loops: a resource monitor, per-job CloudWatch log streams and a Spot
 interruption watcher, each when configured. Each loop thread gets its own boto3 clients, all made
@@ -20,11 +22,11 @@ import boto3
 import botocore.config
 from botocore.exceptions import BotoCoreError
 
-from worker.core import ConfigError, WorkerSettings, settings_from_env
-from worker.joblog import JobLogRouter
-from worker.loop import Clients, WorkerLoop
-from worker.resources import log_resources
-from worker.spot import start_spot_watch
+from .core import ConfigError, WorkerSettings, settings_from_env
+from .joblog import JobLogRouter
+from .loop import Clients, WorkerLoop
+from .resources import log_resources
+from .spot import start_spot_watch
 
 logger = logging.getLogger("worker")
 

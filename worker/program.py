@@ -21,8 +21,8 @@ from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.core import OUTPUT_TAIL_LINES
-from worker.output import READ_CHUNK_BYTES, OutputLines
+from .core import OUTPUT_TAIL_LINES
+from .output import READ_CHUNK_BYTES, OutputLines
 
 # The variables that hold AWS keys; boto3 and the AWS CLI read them.
 AWS_KEY_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})

@@ -19,8 +19,8 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws.clients import error_code, paginate
-from core.aws.ec2 import LaunchTemplateRef
+from prefect_distributed.core.aws.clients import error_code, paginate
+from prefect_distributed.core.aws.ec2 import LaunchTemplateRef
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from core.errors import ConfigError
+from prefect_distributed.core.errors import ConfigError
 
 ENDPOINT_CHECK_TIMEOUT_S = 5.0
 CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=40)

@@ -18,9 +18,9 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws.clients import chunks, error_code, paginate
-from core.aws.launch_template import LaunchTemplateRef, placements, tag_specs
-from core.errors import FleetError
+from prefect_distributed.core.aws.clients import chunks, error_code, paginate
+from prefect_distributed.core.aws.launch_template import LaunchTemplateRef, placements, tag_specs
+from prefect_distributed.core.errors import FleetError
 
 logger = logging.getLogger(__name__)
 

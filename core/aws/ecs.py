@@ -12,9 +12,9 @@ import logging
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from core.aws.clients import chunks, error_code, paginate
-from core.aws.ecs_capacity import FargateTask, ServicePlacement
-from core.worker_env import WORKER_STOP_TIMEOUT_S
+from prefect_distributed.core.aws.clients import chunks, error_code, paginate
+from prefect_distributed.core.aws.ecs_capacity import FargateTask, ServicePlacement
+from prefect_distributed.core.worker_env import WORKER_STOP_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws.clients import error_code
-from core.errors import ConfigError
+from prefect_distributed.core.aws.clients import error_code
+from prefect_distributed.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from core.aws.clients import error_code, paginate
-from core.errors import AwsOperationError
+from prefect_distributed.core.aws.clients import error_code, paginate
+from prefect_distributed.core.errors import AwsOperationError
 
 logger = logging.getLogger(__name__)
 

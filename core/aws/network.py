@@ -9,7 +9,7 @@ from typing import Any
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from core.aws.clients import error_code, paginate
+from prefect_distributed.core.aws.clients import error_code, paginate
 
 MISSING_SUBNET_CODES = frozenset({"InvalidSubnetID.NotFound", "InvalidSubnetID.Malformed", "InvalidSubnetID"})
 MISSING_GROUP_CODES = frozenset({"InvalidGroup.NotFound", "InvalidGroupId.Malformed", "InvalidGroupId.NotFound"})

@@ -9,8 +9,8 @@ from typing import Any
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from core.aws.clients import error_code, paginate
-from core.errors import ConfigError
+from prefect_distributed.core.aws.clients import error_code, paginate
+from prefect_distributed.core.errors import ConfigError
 
 MISSING_BUCKET_CODES = frozenset({"404", "NoSuchBucket", "NotFound"})
 

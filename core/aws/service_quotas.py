@@ -6,7 +6,7 @@ from __future__ import annotations
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from core.aws.clients import error_code
+from prefect_distributed.core.aws.clients import error_code
 
 # "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests", counted in vCPUs.
 SPOT_VCPU_QUOTA_CODE = "L-34B43A08"

@@ -21,8 +21,8 @@ from typing import Any
 from botocore.client import BaseClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws.clients import paginate
-from core.tags import CREATED_BY, TAG_CREATED_BY, TAG_RUN_ID
+from prefect_distributed.core.aws.clients import paginate
+from prefect_distributed.core.tags import CREATED_BY, TAG_CREATED_BY, TAG_RUN_ID
 
 # EC2 reports Linux Spot prices under both names, depending on the account's platform.
 LINUX = ("Linux/UNIX", "Linux/UNIX (Amazon VPC)")

@@ -11,8 +11,8 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from core.aws.clients import error_code, paginate
-from core.errors import AwsOperationError
+from prefect_distributed.core.aws.clients import error_code, paginate
+from prefect_distributed.core.errors import AwsOperationError
 
 logger = logging.getLogger(__name__)
 

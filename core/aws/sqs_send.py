@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from botocore.client import BaseClient
 
-from core.aws.sqs import batches, send_batch
+from prefect_distributed.core.aws.sqs import batches, send_batch
 
 # One thread per connection of botocore's default pool (max_pool_connections=10): a thread beyond
 # the pool would open, and then drop, a connection of its own for every call.

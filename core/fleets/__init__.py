@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from core.aws.clients import AwsClients
-from core.config import RunConfig
-from core.fleets.base import FleetBackend, FleetRequest
-from core.fleets.docker import DockerFleet
-from core.fleets.ec2_spot import Ec2SpotFleet
-from core.fleets.fargate import FargateFleet
-from core.fleets.local import LocalFleet
-from core.fleets.spot_fleet import SpotFleet
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.fleets.base import FleetBackend, FleetRequest
+from prefect_distributed.core.fleets.docker import DockerFleet
+from prefect_distributed.core.fleets.ec2_spot import Ec2SpotFleet
+from prefect_distributed.core.fleets.fargate import FargateFleet
+from prefect_distributed.core.fleets.local import LocalFleet
+from prefect_distributed.core.fleets.spot_fleet import SpotFleet
 
 BACKENDS: dict[str, Callable[[AwsClients, RunConfig | None], FleetBackend]] = {
     "local": LocalFleet.from_clients,

@@ -6,9 +6,9 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws.clients import AwsClients
-from core.cost import CostEstimate, CostReport
-from core.models import FleetHandle, FleetStatus
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.cost import CostEstimate, CostReport
+from prefect_distributed.core.models import FleetHandle, FleetStatus
 
 
 def flow_credentials(clients: AwsClients) -> dict[str, str]:

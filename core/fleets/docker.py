@@ -23,14 +23,14 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws.clients import AwsClients
-from core.config import RunConfig
-from core.errors import ConfigError, FleetError
-from core.fleets.base import FleetRequest, ThisMachine, flow_credentials
-from core.fleets.local import default_state_root
-from core.models import FleetHandle, FleetStatus
-from core.tags import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID
-from core.worker_env import WORKER_STOP_TIMEOUT_S
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.errors import ConfigError, FleetError
+from prefect_distributed.core.fleets.base import FleetRequest, ThisMachine, flow_credentials
+from prefect_distributed.core.fleets.local import default_state_root
+from prefect_distributed.core.models import FleetHandle, FleetStatus
+from prefect_distributed.core.tags import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID
+from prefect_distributed.core.worker_env import WORKER_STOP_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from typing import cast
 
 from pydantic import Field
 
-from core.aws import autoscaling as autoscaling_api
-from core.aws import ec2 as ec2_api
-from core.aws import ecs as ecs_api
-from core.aws import launch_template as template_api
-from core.aws.clients import AwsClients
-from core.aws.ecs_capacity import (
+from prefect_distributed.core.aws import autoscaling as autoscaling_api
+from prefect_distributed.core.aws import ec2 as ec2_api
+from prefect_distributed.core.aws import ecs as ecs_api
+from prefect_distributed.core.aws import launch_template as template_api
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.aws.ecs_capacity import (
     CapacityShare,
     ServicePlacement,
     add_cluster_providers,
@@ -36,13 +36,18 @@ from core.aws.ecs_capacity import (
     ensure_capacity_provider,
     remove_cluster_provider,
 )
-from core.config import RunConfig
-from core.cost import CostEstimate, CostReport, measure_cost
-from core.errors import ConfigError
-from core.fleets.base import FleetRequest
-from core.fleets.ecs_service import EcsServiceFleet, ServiceSettings, parse_handle
-from core.fleets.spot_fleet import MACHINE_SIZES, machine_fit_problems, resource_name, spot_machines_estimate
-from core.models import CREATED_BY, TAG_CREATED_BY, TAG_RUN_ID, FleetHandle, FleetStatus
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.cost import CostEstimate, CostReport, measure_cost
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.fleets.base import FleetRequest
+from prefect_distributed.core.fleets.ecs_service import EcsServiceFleet, ServiceSettings, parse_handle
+from prefect_distributed.core.fleets.spot_fleet import (
+    MACHINE_SIZES,
+    machine_fit_problems,
+    resource_name,
+    spot_machines_estimate,
+)
+from prefect_distributed.core.models import CREATED_BY, TAG_CREATED_BY, TAG_RUN_ID, FleetHandle, FleetStatus
 
 logger = logging.getLogger(__name__)
 

@@ -23,15 +23,23 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws import ecs as ecs_api
-from core.aws import logs as logs_api
-from core.aws.clients import AwsClients, error_code, paginate
-from core.aws.ecs_capacity import FargateTask, ServicePlacement, service_problems
-from core.config import RunConfig
-from core.errors import ConfigError, FleetError
-from core.fleets.base import FleetRequest
-from core.fleets.spot_fleet import LOG_RETENTION_DAYS, TAG_CLUSTER, resource_name
-from core.models import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID, FleetHandle, FleetStatus, run_log_group
+from prefect_distributed.core.aws import ecs as ecs_api
+from prefect_distributed.core.aws import logs as logs_api
+from prefect_distributed.core.aws.clients import AwsClients, error_code, paginate
+from prefect_distributed.core.aws.ecs_capacity import FargateTask, ServicePlacement, service_problems
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.errors import ConfigError, FleetError
+from prefect_distributed.core.fleets.base import FleetRequest
+from prefect_distributed.core.fleets.spot_fleet import LOG_RETENTION_DAYS, TAG_CLUSTER, resource_name
+from prefect_distributed.core.models import (
+    CREATED_BY,
+    TAG_APP,
+    TAG_CREATED_BY,
+    TAG_RUN_ID,
+    FleetHandle,
+    FleetStatus,
+    run_log_group,
+)
 
 logger = logging.getLogger(__name__)
 

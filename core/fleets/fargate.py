@@ -18,8 +18,8 @@ from typing import cast
 
 from pydantic import Field
 
-from core.aws.clients import AwsClients
-from core.aws.ecs_capacity import (
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.aws.ecs_capacity import (
     FARGATE,
     FARGATE_SPOT,
     CapacityShare,
@@ -27,15 +27,15 @@ from core.aws.ecs_capacity import (
     ServicePlacement,
     add_cluster_providers,
 )
-from core.config import RunConfig
-from core.cost import CostEstimate, CostReport
-from core.errors import ConfigError
-from core.fargate_cost import estimate_fargate_cost, measure_fargate_cost
-from core.fleets.base import FleetRequest
-from core.fleets.ecs_service import EcsServiceFleet, ServiceSettings, parse_handle
-from core.fleets.fargate_size import task_size_problems
-from core.fleets.spot_fleet import resource_name
-from core.models import FleetHandle
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.cost import CostEstimate, CostReport
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.fargate_cost import estimate_fargate_cost, measure_fargate_cost
+from prefect_distributed.core.fleets.base import FleetRequest
+from prefect_distributed.core.fleets.ecs_service import EcsServiceFleet, ServiceSettings, parse_handle
+from prefect_distributed.core.fleets.fargate_size import task_size_problems
+from prefect_distributed.core.fleets.spot_fleet import resource_name
+from prefect_distributed.core.models import FleetHandle
 
 BACKEND = "fargate"
 

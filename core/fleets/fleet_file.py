@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from core.aws import launch_template as template_api
-from core.errors import ConfigError
+from prefect_distributed.core.aws import launch_template as template_api
+from prefect_distributed.core.errors import ConfigError
 
 DS_DOCKER_DEVICE = "/dev/xvdcz"  # Distributed-Something's devicemapper disk (Amazon Linux 1)
 ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+$")

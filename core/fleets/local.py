@@ -1,8 +1,9 @@
 """The `local` fleet: worker processes on this machine, running the very code the container runs.
 
-Each worker is `python -m worker` with the run's environment. Its pid and log live in a state
-folder per run (like dsub's local provider), so status and stop work from any process; stopping
-removes the folder once every worker is gone, unless fleet.keep_local_logs asks to keep it.
+Each worker is `python -m prefect_distributed.worker` with the run's environment. Its pid and log
+live in a state folder per run (like dsub's local provider), so status and stop work from any
+process; stopping removes the folder once every worker is gone, unless fleet.keep_local_logs asks
+to keep it.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.aws.clients import AwsClients
-from core.config import RunConfig
-from core.errors import ConfigError
-from core.fleets.base import FleetRequest, ThisMachine, flow_credentials
-from core.models import FleetHandle, FleetStatus
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.errors import ConfigError
+from prefect_distributed.core.fleets.base import FleetRequest, ThisMachine, flow_credentials
+from prefect_distributed.core.models import FleetHandle, FleetStatus
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 15.0
 # How long SIGKILLed workers get to be gone before their folder is removed.
 KILL_WAIT_S = 2.0
@@ -121,7 +121,6 @@ class LocalFleet(ThisMachine):
             **os.environ,
             **request.environment,
             **self._credentials,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
             # The job's program finds the same Python and tools as the flow.
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
             "PYTHONUNBUFFERED": "1",
@@ -129,7 +128,7 @@ class LocalFleet(ThisMachine):
         for index in range(self._workers):
             with open(state_dir / f"worker-{index}.log", "ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "worker"],
+                    [sys.executable, "-m", "prefect_distributed.worker"],
                     cwd=self._workdir,
                     env=env,
                     stdout=log,

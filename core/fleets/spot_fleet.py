@@ -31,19 +31,27 @@ from typing import Any, Protocol
 from botocore.client import BaseClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.aws import ec2 as ec2_api
-from core.aws import ecs as ecs_api
-from core.aws import launch_template as template_api
-from core.aws import logs as logs_api
-from core.aws.clients import AwsClients
-from core.aws.ec2 import MachineSize
-from core.aws.spot_pricing import spot_prices
-from core.config import RunConfig
-from core.cost import CostEstimate, CostReport, estimate_cost, measure_cost
-from core.errors import ConfigError, FleetError
-from core.fleets.base import FleetRequest
-from core.fleets.fleet_file import fleet_file_image, fleet_file_problems, load_fleet_file
-from core.models import CREATED_BY, TAG_APP, TAG_CREATED_BY, TAG_RUN_ID, FleetHandle, FleetStatus, run_log_group
+from prefect_distributed.core.aws import ec2 as ec2_api
+from prefect_distributed.core.aws import ecs as ecs_api
+from prefect_distributed.core.aws import launch_template as template_api
+from prefect_distributed.core.aws import logs as logs_api
+from prefect_distributed.core.aws.clients import AwsClients
+from prefect_distributed.core.aws.ec2 import MachineSize
+from prefect_distributed.core.aws.spot_pricing import spot_prices
+from prefect_distributed.core.config import RunConfig
+from prefect_distributed.core.cost import CostEstimate, CostReport, estimate_cost, measure_cost
+from prefect_distributed.core.errors import ConfigError, FleetError
+from prefect_distributed.core.fleets.base import FleetRequest
+from prefect_distributed.core.fleets.fleet_file import fleet_file_image, fleet_file_problems, load_fleet_file
+from prefect_distributed.core.models import (
+    CREATED_BY,
+    TAG_APP,
+    TAG_CREATED_BY,
+    TAG_RUN_ID,
+    FleetHandle,
+    FleetStatus,
+    run_log_group,
+)
 
 logger = logging.getLogger(__name__)
 

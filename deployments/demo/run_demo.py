@@ -36,9 +36,9 @@ DEMO_ENVIRONMENT = {
 def run_batch(summary_file: Path) -> None:
     """The child: emulator, inputs, flow; writes the RunSummary to `summary_file`."""
     sys.path.insert(0, str(REPO))
-    from core import emulator
-    from core.config import load_config_file
     from deployments.demo.data import CONFIG, upload_inputs
+    from prefect_distributed.core import emulator
+    from prefect_distributed.core.config import load_config_file
 
     config = load_config_file(CONFIG)
     state = REPO / ".demo"
@@ -47,7 +47,7 @@ def run_batch(summary_file: Path) -> None:
         os.environ["AWS_ENDPOINT_URL"] = endpoint
         print(f"AWS emulator at {endpoint}", flush=True)
         print(f"Uploaded {upload_inputs(config.bucket, endpoint)} input files to s3://{config.bucket}/", flush=True)
-        from flows.distributed import distributed
+        from prefect_distributed.flows.distributed import distributed
 
         summary = distributed(config=str(CONFIG))
     summary_file.write_text(summary.model_dump_json())

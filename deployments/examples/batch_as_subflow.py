@@ -15,14 +15,10 @@ profile, or the config's `aws_credentials` block) take the emulator's place.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from core.models import RunSummary  # noqa: E402
-from flows.distributed import distributed  # noqa: E402
+from prefect_distributed import RunSummary, distributed
 
 
 @flow(name="plate-pipeline")

@@ -15,15 +15,12 @@ The last line printed is the RunSummary as JSON.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from core.models import RunSummary  # noqa: E402
-from tasks.report import read_run_summary  # noqa: E402
+from prefect_distributed.core.models import RunSummary
+from prefect_distributed.tasks.report import read_run_summary
 
 
 @flow(name="nightly-batch")
