@@ -48,7 +48,7 @@ serve: $(STAMP)
 
 ## Run the test suite, in four parallel pytest-xdist workers (each with its own AWS emulator and Prefect server).
 test: $(STAMP)
-	$(PY) -m pytest -n 4 --dist loadgroup $(TEST_ARGS)
+	$(PY) -m pytest -n 4 $(TEST_ARGS)
 
 ## Run every benchmark and print its figures (about 10 minutes); BENCH_ARGS=--write-readme also puts them in benchmarks/README.md.
 bench: $(BENCH_STAMP)

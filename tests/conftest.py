@@ -95,6 +95,28 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         server.close()
 
 
+# Test modules whose tests share one expensive module fixture (a whole stack: Prefect server, work
+# pool, worker, emulator) and must therefore run on one worker, started first because they are the
+# longest unit of work. pytest-xdist's own `xdist_group` mark cannot do it under pytest 9: xdist 3.8
+# writes the group into `item._nodeid`, which pytest 9 no longer reads, so the mark is silently
+# ignored and every worker starts the stack.
+ONE_WORKER_MODULES = ("tests/test_deployment.py",)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerModules(LoadScopeScheduling):
+        """Each test is a unit of work, except that each of ONE_WORKER_MODULES is one unit; the
+        largest units are handed out first (xdist's default ordering of units by size)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return OneWorkerModules(config, log)
+
+
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     """A Prefect API for flow-level tests: the controller's shared server under pytest-xdist, else one

@@ -29,10 +29,11 @@ from tests.aws_calls import emulator_call_log
 
 DEMO_CONFIG = "deployments/demo/config.yaml"
 STACK_STARTUP_S = 240  # the stack's Prefect server, on a machine loaded by other test workers
-# One Prefect server for the whole module: under pytest-xdist its tests go to the same worker. The
-# first test also waits for that server, its worker and the emulator to start: on a loaded machine
-# that alone can take minutes, hence a longer hang guard than the suite's.
-pytestmark = [pytest.mark.xdist_group("prefect-server"), pytest.mark.timeout(600)]
+# One stack for the whole module: under pytest-xdist its tests go to the same worker
+# (tests/conftest.py, ONE_WORKER_MODULES). The first test also waits for that server, its worker and
+# the emulator to start: on a loaded machine that alone can take minutes, hence a longer hang guard
+# than the suite's.
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
