@@ -6,6 +6,7 @@ in-process `mock_aws` elsewhere cannot wipe its state.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,7 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from prefect_distributed.core.bootstrap import EXECUTION_POLICY, FLEET_POLICY, INSTANCE_POLICY
+
 STARTUP_TIMEOUT_S = 30.0
+# The AWS managed policies the bootstrap attaches, which every emulated account knows. moto can give
+# accounts all of AWS's (about 1,600), but then parses them all again whenever it makes an account's
+# IAM, after every reset: most of the emulator's time in the test suite.
+MANAGED_POLICIES = tuple(arn_path.rsplit("/", 1)[1] for arn_path in (INSTANCE_POLICY, FLEET_POLICY, EXECUTION_POLICY))
 
 
 def free_port() -> int:
@@ -50,12 +57,11 @@ def moto_server(log_path: Path | None = None, call_log: Path | None = None) -> I
     """
     port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    # AWS's managed policies exist in every account; the bootstrap attaches two of them.
     env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
     if call_log is not None:
         env.update({"MOTO_ENABLE_RECORDING": "true", "MOTO_RECORDER_FILEPATH": str(call_log)})
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "prefect_distributed.core.emulator", "-H", "127.0.0.1", "-p", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -83,3 +89,22 @@ def reset(endpoint: str) -> None:
     request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
     with urllib.request.urlopen(request, timeout=60):
         pass
+
+
+def our_managed_policies() -> str:
+    """moto's AWS managed policies data (JSON), narrowed to MANAGED_POLICIES: set it as
+    `moto.iam.models.aws_managed_policies_data`, with MOTO_IAM_LOAD_MANAGED_POLICIES=true, before
+    IAM's first call."""
+    from moto.iam.aws_managed_policies import aws_managed_policies_data
+
+    every = json.loads(aws_managed_policies_data)
+    return json.dumps({name: every[name] for name in MANAGED_POLICIES})
+
+
+if __name__ == "__main__":
+    # The emulator's own process: moto's server, its accounts knowing our managed policies.
+    from moto.iam import models
+    from moto.server import main
+
+    models.aws_managed_policies_data = our_managed_policies()
+    main(sys.argv[1:])

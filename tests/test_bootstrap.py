@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import moto.iam.models
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
+from prefect_distributed.core import emulator
 from prefect_distributed.core.aws.clients import AwsClients
 from prefect_distributed.core.aws.iam import trust_policy
 from prefect_distributed.core.bootstrap import BootstrapNames, bootstrap, destroy
@@ -40,6 +42,7 @@ def account(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClie
     """The buckets of the config, in a moto account that knows AWS's managed policies (moto loads
     them only when asked to, before IAM's first call)."""
     monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+    monkeypatch.setattr(moto.iam.models, "aws_managed_policies_data", emulator.our_managed_policies())
     s3 = boto3.client("s3", region_name="us-east-1")
     for bucket in (RECORDS, IMAGES, RESULTS):
         s3.create_bucket(Bucket=bucket)

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import moto.iam.models
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from prefect_distributed.core import emulator
 from prefect_distributed.core.aws.clients import AwsClients
 from prefect_distributed.core.aws.iam import trust_policy
 from prefect_distributed.core.bootstrap import BootstrapResult, bootstrap
@@ -35,6 +37,7 @@ ACCOUNT = "123456789012"
 def account(aws_mock: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
     """The records and image buckets, in a moto account that knows AWS's managed policies."""
     monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+    monkeypatch.setattr(moto.iam.models, "aws_managed_policies_data", emulator.our_managed_policies())
     s3 = boto3.client("s3", region_name="us-east-1")
     for bucket in (RECORDS, IMAGES):
         s3.create_bucket(Bucket=bucket)
