@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.client import BaseClient
+from botocore.loaders import Loader, create_loader
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -54,6 +55,11 @@ TRANSIENT_ERROR_CODES = frozenset(
     }
 )
 
+# One botocore data loader for every session of this process. botocore parses a service's model (for
+# EC2, megabytes of JSON) once per loader, and each session makes its own loader; every task of a run
+# builds a session from its credentials, so each would parse the same models again.
+_MODELS: Loader = create_loader()
+
 # Configuration mistakes: a retry cannot fix them.
 _PERMANENT_BOTOCORE_ERRORS = (NoCredentialsError, NoRegionError, ParamValidationError)
 
@@ -68,6 +74,9 @@ class AwsClients:
     region: str
     endpoint_url: str | None = None
     _cache: dict[str, BaseClient] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.session._session.register_component("data_loader", _MODELS)
 
     def client(self, service: str) -> BaseClient:
         if service not in self._cache:
