@@ -62,10 +62,13 @@ def moto_endpoint(moto_server: str) -> str:
 
 @pytest.fixture
 def aws_mock() -> Iterator[None]:
-    """In-process moto for single-process unit tests."""
+    """In-process moto for single-process unit tests.
+
+    boto3's default session lives on from test to test (moto would drop it each time): every test's
+    credentials are the same fake ones, and a new session parses botocore's service models again."""
     from moto import mock_aws
 
-    with mock_aws():
+    with mock_aws(config={"core": {"reset_boto3_session": False}}):
         yield
 
 
@@ -96,11 +99,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 # Test modules whose tests share one expensive module fixture (a whole stack: Prefect server, work
-# pool, worker, emulator) and must therefore run on one worker, started first because they are the
-# longest unit of work. pytest-xdist's own `xdist_group` mark cannot do it under pytest 9: xdist 3.8
+# pool, worker, emulator; a built wheel and its environment) or the deployment names of one Prefect
+# server, and must therefore run on one worker, started first because they are the longest units. pytest-xdist's own `xdist_group` mark cannot do it under pytest 9: xdist 3.8
 # writes the group into `item._nodeid`, which pytest 9 no longer reads, so the mark is silently
 # ignored and every worker starts the stack.
-ONE_WORKER_MODULES = ("tests/test_deployment.py",)
+ONE_WORKER_MODULES = ("tests/test_deployment.py", "tests/test_packaging.py")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:

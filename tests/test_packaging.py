@@ -14,6 +14,7 @@ import shutil
 import site
 import subprocess
 import sys
+import time
 import zipfile
 from configparser import ConfigParser
 from pathlib import Path
@@ -41,8 +42,10 @@ def uv() -> str:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from the source distribution, as a packager builds it (and nothing is written
+    into the repository)."""
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([uv(), "build", "-q", "--wheel", "-o", str(out), str(REPO)], check=True, timeout=240)
+    subprocess.run([uv(), "build", "-q", "-o", str(out), str(REPO)], check=True, timeout=240)
     (built,) = out.glob("*.whl")
     return built
 
@@ -191,12 +194,14 @@ def test_deploy_registers_every_deployment_on_a_process_pool_to_start_in_this_fo
     result = outside(tmp_path, installed / "prefect-distributed", "deploy", "--pool", pool, **with_api())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     with get_client(sync_client=True) as client:
-        for spec in DEPLOYMENTS:
-            deployment = client.read_deployment_by_name(f"{FLOW_NAMES[spec.flow]}/{spec.name}")
-            assert deployment.work_pool_name == pool
-            assert deployment.entrypoint == f"prefect_distributed.flows.{spec.flow}.{spec.flow}"
-            assert deployment.job_variables == {"working_dir": str(tmp_path.resolve())}
-            assert deployment.parameters == spec.parameters
+        deployments = [client.read_deployment_by_name(f"{FLOW_NAMES[spec.flow]}/{spec.name}") for spec in DEPLOYMENTS]
+        for deployment in deployments:  # the server is shared: the serve test registers the same names
+            client.delete_deployment(deployment.id)
+    for spec, deployment in zip(DEPLOYMENTS, deployments):
+        assert deployment.work_pool_name == pool
+        assert deployment.entrypoint == f"prefect_distributed.flows.{spec.flow}.{spec.flow}"
+        assert deployment.job_variables == {"working_dir": str(tmp_path.resolve())}
+        assert deployment.parameters == spec.parameters
 
 
 @pytest.fixture
@@ -211,6 +216,24 @@ def project(tmp_path: Path, moto_endpoint: str) -> Path:
     (folder / "jobs.json").write_text(json.dumps(jobs))
     upload_inputs(bucket="distributed-demo", endpoint_url=moto_endpoint)
     return folder
+
+
+def wait_until_served(name: str, served: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    """The deployment exists and is served (no work pool): `serve` registers it once it has started."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            assert served.poll() is None, "prefect-distributed serve exited"
+            try:
+                if client.read_deployment_by_name(name).work_pool_name is None:
+                    return
+            except ObjectNotFound:
+                pass
+            assert time.monotonic() < deadline, f"{name} was not served within {timeout_s} s"
+            time.sleep(0.5)
 
 
 def test_served_from_the_installed_package_a_deployment_runs_a_batch_with_a_relative_config(
@@ -232,6 +255,7 @@ def test_served_from_the_installed_package_a_deployment_runs_a_batch_with_a_rela
             stderr=log,
         )
     try:
+        wait_until_served("distributed/run", served)
         prefect = Path(sys.executable).parent / "prefect"
         run = outside(
             project,
