@@ -103,8 +103,11 @@ def our_managed_policies() -> str:
 
 if __name__ == "__main__":
     # The emulator's own process: moto's server, its accounts knowing our managed policies.
+    import logging
+
     from moto.iam import models
     from moto.server import main
 
     models.aws_managed_policies_data = our_managed_policies()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a log line per request
     main(sys.argv[1:])

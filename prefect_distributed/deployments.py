@@ -9,13 +9,13 @@ process. tests/test_packaging.py holds this list to prefect.yaml's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from prefect import Flow
-from prefect.deployments.runner import RunnerDeployment
-from prefect.schedules import Interval
-from prefect.types.entrypoint import EntrypointType
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
 
 WORK_POOL = "distributed"
 TAGS = ["distributed"]
@@ -88,6 +88,9 @@ def _flow(name: Literal["distributed", "janitor"]) -> Flow[..., Any]:
 
 def runner_deployments(job_variables: dict[str, Any] | None = None) -> list[RunnerDeployment]:
     """Every deployment, loading its flow by module path (`prefect_distributed.flows...`)."""
+    from prefect.schedules import Interval
+    from prefect.types.entrypoint import EntrypointType
+
     return [
         _flow(spec.flow).to_deployment(
             name=spec.name,

@@ -126,10 +126,11 @@ def prefect_api() -> Iterator[None]:
     started once per session."""
     from prefect.context import _temporary_global_settings_context, get_settings_context
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
 
     shared = os.environ.get(SHARED_PREFECT_API)
     if shared is None:
+        from prefect.testing.utilities import prefect_test_harness  # imports Prefect's server: only here
+
         with prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_S):
             yield
         return

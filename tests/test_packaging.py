@@ -186,11 +186,11 @@ def test_deploy_registers_every_deployment_on_a_process_pool_to_start_in_this_fo
     installed: Path, tmp_path: Path, prefect_api: None
 ) -> None:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
 
     pool = "packaged"
-    prefect = Path(sys.executable).parent / "prefect"
-    created = outside(tmp_path, prefect, "work-pool", "create", pool, "--type", "process", "--overwrite", **with_api())
-    assert created.returncode == 0, created.stderr[-2000:]
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
     result = outside(tmp_path, installed / "prefect-distributed", "deploy", "--pool", pool, **with_api())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     with get_client(sync_client=True) as client:

@@ -59,7 +59,7 @@ def write_batch(tmp_path: Path, check_if_done: bool = False) -> Path:
 
 
 def start_flow_process(config: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
-    code = f"from flows.distributed import distributed; distributed(config={str(config)!r})"
+    code = f"from prefect_distributed import distributed; distributed(config={str(config)!r})"
     return subprocess.Popen(
         [sys.executable, "-c", code],
         env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
