@@ -130,6 +130,27 @@ def test_the_package_imports_from_the_wheel_and_its_worker_without_prefect(insta
     assert (Path(worker_dir) / "Dockerfile").is_file() and Path(worker_dir).is_relative_to(installed.parent)
 
 
+def test_every_module_of_the_wheel_imports_outside_the_repository(installed: Path, tmp_path: Path) -> None:
+    """A module importing the repository's folders by their own names (`from core...`) passes the
+    tests run from the repository's root; here it fails."""
+    walk = (
+        "import importlib, pkgutil, prefect_distributed as p\n"
+        "names = [m.name for m in pkgutil.walk_packages(p.__path__, 'prefect_distributed.')]\n"
+        "names = [name for name in names if not name.endswith('.__main__')]  # these run a program\n"
+        "for name in names: importlib.import_module(name)\n"
+        "print(len(names))"
+    )
+    result = outside(tmp_path, installed / "python", "-c", walk)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = [
+        path for folder in PACKAGE_FOLDERS for path in (REPO / folder).rglob("*.py") if path.name != "__main__.py"
+    ]
+    own = [
+        path for path in (REPO / "prefect_distributed").glob("*.py") if path.name not in ("__init__.py", "__main__.py")
+    ]
+    assert int(result.stdout) == len(folders) + len(own)
+
+
 def test_prefect_knows_the_block_through_the_entry_point_and_registers_it_by_package_name(
     installed: Path, tmp_path: Path, prefect_api: None
 ) -> None:
