@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.client import BaseClient
-from botocore.loaders import Loader, create_loader
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -30,6 +29,7 @@ from botocore.exceptions import (
     ParamValidationError,
     ReadTimeoutError,
 )
+from botocore.loaders import Loader, create_loader
 
 from prefect_distributed.core.errors import ConfigError
 
@@ -76,6 +76,7 @@ class AwsClients:
     _cache: dict[str, BaseClient] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        # boto3 keeps its botocore session as `_session`; registering a component is botocore's public API.
         self.session._session.register_component("data_loader", _MODELS)
 
     def client(self, service: str) -> BaseClient:
