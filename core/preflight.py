@@ -19,7 +19,6 @@ from typing import Any
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from prefect_distributed.core.aws import ec2 as ec2_api
 from prefect_distributed.core.aws import iam as iam_api
 from prefect_distributed.core.aws import network, s3, service_quotas, sqs
 from prefect_distributed.core.aws.clients import AwsClients, error_code
@@ -35,7 +34,7 @@ from prefect_distributed.core.fleets.fleet_file import (
     fleet_file_problems,
     read_fleet_file,
 )
-from prefect_distributed.core.fleets.spot_fleet import MACHINE_SIZES, SpotFleetSettings, validate_spot_fleet
+from prefect_distributed.core.fleets.spot_fleet import SpotFleetSettings, known_sizes, validate_spot_fleet
 from prefect_distributed.core.models import TAG_APP
 from prefect_distributed.core.preflight_capacity import capacity_rows
 from prefect_distributed.core.preflight_network import NetworkChecks
@@ -44,6 +43,7 @@ from prefect_distributed.core.preflight_rows import (
     CheckRow,
     PreflightReport,
     guarded,
+    role_rows,
     row_ok,
     row_problem,
     row_warning,
@@ -154,37 +154,12 @@ class _Fleet:
 
     # --- IAM ---------------------------------------------------------------------------------
 
-    def _role_rows(self, check: str, arn: str, service: str, identity: Identity, fix: str) -> list[CheckRow]:
-        """A role ARN: in this account, existing, trusted by `service`."""
-        account = iam_api.account_from_arn(arn)
-        if account != identity.account:
-            return [
-                row_problem(
-                    check,
-                    f"{arn} is in account {account}; these credentials are account {identity.account}",
-                    f"use a role of account {identity.account}; {fix}",
-                )
-            ]
-        name = iam_api.name_from_arn(arn)
-        role = iam_api.get_role(self.iam, name)
-        if role is None:
-            return [row_problem(check, f"{arn}: there is no role {name} in account {account}", fix)]
-        trusted = iam_api.trusted_services(role)
-        if service not in trusted:
-            return [
-                row_problem(
-                    check,
-                    f"role {name} is not trusted by {service} (trusted by: {', '.join(sorted(trusted)) or 'none'})",
-                    f"add {service} to the role's trust policy, or {fix}",
-                )
-            ]
-        return [row_ok(check, f"role {name} exists and trusts {service}")]
-
     def fleet_role(self, identity: Identity) -> list[CheckRow]:
         arn = str(self.fleet_file.get("IamFleetRole", ""))
         if not ROLE_ARN.match(arn):
             return []  # fleet_file_problems reports it
-        return self._role_rows(
+        return role_rows(
+            self.iam,
             "fleet role",
             arn,
             "spotfleet.amazonaws.com",
@@ -203,7 +178,8 @@ class _Fleet:
                     f"{BOOTSTRAP} and set fleet.task_role_arn to the task role ARN it prints",
                 )
             ]
-        return self._role_rows(
+        return role_rows(
+            self.iam,
             "task role",
             arn,
             "ecs-tasks.amazonaws.com",
@@ -311,8 +287,7 @@ class _Fleet:
 
     def sizes_and_quota(self) -> list[CheckRow]:
         """Containers fit the machines (validate_spot_fleet's rules), and the Spot vCPU quota covers the fleet."""
-        unknown = [kind for kind in self.settings.machine_types if kind not in MACHINE_SIZES]
-        sizes = {**MACHINE_SIZES, **ec2_api.machine_sizes(self.ec2, unknown)}
+        sizes = known_sizes(self.ec2, self.settings.machine_types)
         rows = [
             row_problem("fleet settings", problem, "change the config settings the detail names, as it says")
             for problem in validate_spot_fleet(self.settings, self.fleet_file, sizes)

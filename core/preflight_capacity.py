@@ -18,15 +18,14 @@ from botocore.client import BaseClient
 from prefect_distributed.core.aws import iam as iam_api
 from prefect_distributed.core.aws import network, service_quotas
 from prefect_distributed.core.aws.clients import AwsClients
-from prefect_distributed.core.aws.ec2 import machine_sizes
 from prefect_distributed.core.aws.sts import Identity, caller_identity
 from prefect_distributed.core.config import RunConfig
 from prefect_distributed.core.errors import ConfigError
 from prefect_distributed.core.fleets import BACKENDS
 from prefect_distributed.core.fleets.ec2_spot import Ec2SpotFleet, Ec2SpotSettings
 from prefect_distributed.core.fleets.fargate import FargateFleet, FargateSettings
-from prefect_distributed.core.fleets.spot_fleet import MACHINE_SIZES, machine_fit_problems
-from prefect_distributed.core.preflight_rows import BOOTSTRAP, CheckRow, Status, guarded
+from prefect_distributed.core.fleets.spot_fleet import known_sizes, machine_fit_problems
+from prefect_distributed.core.preflight_rows import BOOTSTRAP, CheckRow, Status, guarded, role_rows
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 # What an ECS task on Fargate needs without a route to the internet: ECR (API, registry and its S3
@@ -57,18 +56,7 @@ class _Account:
         if arn is None:
             status: Status = "problem" if required else "warning"
             return [_row(check, status, f"{setting} is not set", fix)]
-        account, name = iam_api.account_from_arn(arn), iam_api.name_from_arn(arn)
-        if account != self.identity.account:
-            return [_row(check, "problem", f"{arn} is in account {account}; these credentials are account "
-                         f"{self.identity.account}", f"use a role of account {self.identity.account}; {fix}")]
-        role = iam_api.get_role(self.iam, name)
-        if role is None:
-            return [_row(check, "problem", f"{setting} {arn}: there is no role {name}", fix)]
-        trusted = iam_api.trusted_services(role)
-        if service not in trusted:
-            return [_row(check, "problem", f"role {name} is not trusted by {service} (trusted by: "
-                         f"{', '.join(sorted(trusted)) or 'none'})", f"add {service} to its trust policy, or {fix}")]
-        return [_row(check, "ok", f"role {name} exists and trusts {service}")]
+        return role_rows(self.iam, check, arn, service, self.identity, fix)
 
     def instance_profile(self, arn: str | None) -> list[CheckRow]:
         check, fix = "instance profile", f"{BOOTSTRAP} and set fleet.instance_profile_arn to the ARN it prints"
@@ -123,9 +111,7 @@ class _Account:
         check, subnet_id, vpc = "network path to ECS and ECR", subnet["SubnetId"], subnet["VpcId"]
         has_public_ip = bool(subnet.get("MapPublicIpOnLaunch")) if public_ip is None else public_ip
         table = network.route_table(self.ec2, subnet)
-        routes = network.default_routes(table) if table else []
-        gateway = next((r["GatewayId"] for r in routes if str(r.get("GatewayId", "")).startswith("igw-")), None)
-        nat = next((r["NatGatewayId"] for r in routes if r.get("NatGatewayId")), None)
+        gateway, nat = network.default_route_targets(table)
         if has_public_ip and gateway:
             return _row(check, "ok", f"subnet {subnet_id}: public IP and a route to internet gateway {gateway}")
         if nat:
@@ -183,8 +169,7 @@ def _fargate_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
 def _ec2_spot_rows(clients: AwsClients, config: RunConfig) -> list[CheckRow]:
     settings = Ec2SpotSettings.from_config(config)
     account = _Account(clients, config)
-    unknown = [kind for kind in settings.machine_types if kind not in MACHINE_SIZES]
-    sizes = {**MACHINE_SIZES, **machine_sizes(account.ec2, unknown)}
+    sizes = known_sizes(account.ec2, settings.machine_types)
     problems = machine_fit_problems(settings.cpu_units, settings.memory_mib, settings.tasks_per_machine,
                                     settings.machine_types, sizes)
     rows = [_row("fleet settings", "problem", p, "change the settings the detail names") for p in problems] or [

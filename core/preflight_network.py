@@ -108,9 +108,7 @@ class NetworkChecks:
         subnet_id, vpc = found_subnet["SubnetId"], found_subnet["VpcId"]
         public_ip = bool(self.interface.get("AssociatePublicIpAddress", found_subnet.get("MapPublicIpOnLaunch")))
         table = network.route_table(self.ec2, found_subnet)
-        routes = network.default_routes(table) if table else []
-        gateway = next((r["GatewayId"] for r in routes if str(r.get("GatewayId", "")).startswith("igw-")), None)
-        nat = next((r["NatGatewayId"] for r in routes if r.get("NatGatewayId")), None)
+        gateway, nat = network.default_route_targets(table)
         check = "network path to ECS"
         if public_ip and gateway:
             return row_ok(check, f"subnet {subnet_id}: public IP and a route to internet gateway {gateway}")

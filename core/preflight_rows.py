@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefect_distributed.core.aws import iam as iam_api
 from prefect_distributed.core.aws.clients import error_code
+from prefect_distributed.core.aws.sts import Identity
 from prefect_distributed.core.errors import ConfigError
 
 Status = Literal["ok", "warning", "problem"]
@@ -61,6 +64,33 @@ def row_problem(check: str, detail: str, fix: str) -> CheckRow:
 
 def row_warning(check: str, detail: str, fix: str) -> CheckRow:
     return CheckRow(check=check, status="warning", detail=detail, fix=fix)
+
+
+def role_rows(iam: BaseClient, check: str, arn: str, service: str, identity: Identity, fix: str) -> list[CheckRow]:
+    """A role ARN: in this account, existing, trusted by `service`."""
+    account = iam_api.account_from_arn(arn)
+    if account != identity.account:
+        return [
+            row_problem(
+                check,
+                f"{arn} is in account {account}; these credentials are account {identity.account}",
+                f"use a role of account {identity.account}; {fix}",
+            )
+        ]
+    name = iam_api.name_from_arn(arn)
+    role = iam_api.get_role(iam, name)
+    if role is None:
+        return [row_problem(check, f"{arn}: there is no role {name} in account {account}", fix)]
+    trusted = iam_api.trusted_services(role)
+    if service not in trusted:
+        return [
+            row_problem(
+                check,
+                f"role {name} is not trusted by {service} (trusted by: {', '.join(sorted(trusted)) or 'none'})",
+                f"add {service} to the role's trust policy, or {fix}",
+            )
+        ]
+    return [row_ok(check, f"role {name} exists and trusts {service}")]
 
 
 def guarded(check: str, run: Callable[[], list[CheckRow]]) -> list[CheckRow]:

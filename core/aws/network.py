@@ -67,6 +67,14 @@ def default_routes(table: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def default_route_targets(table: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """(internet gateway, NAT gateway) the table's working default routes lead to; None where none does."""
+    routes = default_routes(table) if table else []
+    gateway = next((r["GatewayId"] for r in routes if str(r.get("GatewayId", "")).startswith("igw-")), None)
+    nat = next((r["NatGatewayId"] for r in routes if r.get("NatGatewayId")), None)
+    return gateway, nat
+
+
 def endpoint_services(ec2: BaseClient, vpc_id: str) -> set[str]:
     """Service names (com.amazonaws.<region>.<service>) of the VPC's endpoints in use."""
     return {

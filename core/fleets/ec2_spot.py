@@ -40,11 +40,13 @@ from prefect_distributed.core.config import RunConfig
 from prefect_distributed.core.cost import CostEstimate, CostReport, measure_cost
 from prefect_distributed.core.errors import ConfigError
 from prefect_distributed.core.fleets.base import FleetRequest
-from prefect_distributed.core.fleets.ecs_service import EcsServiceFleet, ServiceSettings, parse_handle
+from prefect_distributed.core.fleets.ecs_service import EcsServiceFleet, ServiceSettings
 from prefect_distributed.core.fleets.spot_fleet import (
-    MACHINE_SIZES,
+    known_sizes,
     machine_fit_problems,
+    parse_handle,
     resource_name,
+    root_volume_problems,
     spot_machines_estimate,
 )
 from prefect_distributed.core.models import CREATED_BY, TAG_CREATED_BY, TAG_RUN_ID, FleetHandle, FleetStatus
@@ -107,8 +109,7 @@ class Ec2SpotFleet(EcsServiceFleet):
     def preflight(self) -> Ec2SpotSettings:
         """Raises ConfigError naming every setting that cannot work (instance profile, sizes, volume)."""
         settings = self._spot()
-        unknown = [kind for kind in settings.machine_types if kind not in MACHINE_SIZES]
-        sizes = {**MACHINE_SIZES, **ec2_api.machine_sizes(self._ec2, unknown)}
+        sizes = known_sizes(self._ec2, settings.machine_types)
         problems = machine_fit_problems(
             settings.cpu_units, settings.memory_mib, settings.tasks_per_machine, settings.machine_types, sizes
         )
@@ -117,11 +118,7 @@ class Ec2SpotFleet(EcsServiceFleet):
                 "fleet.instance_profile_arn is not set: the machines need it to join ECS. Fix: run the bootstrap "
                 "and paste the instance profile ARN it prints"
             )
-        if settings.ebs_volume_gb < template_api.ROOT_SNAPSHOT_GB:
-            problems.append(
-                f"fleet.ebs_volume_gb: the ECS-optimized AMI's root volume is {template_api.ROOT_SNAPSHOT_GB} GB; use at "
-                "least that"
-            )
+        problems += root_volume_problems(settings.ebs_volume_gb)
         if problems:
             raise ConfigError("The ec2-spot settings cannot work:\n" + "\n".join(f"  - {p}" for p in problems))
         return settings

@@ -30,7 +30,14 @@ from prefect_distributed.core.aws.ecs_capacity import FargateTask, ServicePlacem
 from prefect_distributed.core.config import RunConfig
 from prefect_distributed.core.errors import ConfigError, FleetError
 from prefect_distributed.core.fleets.base import FleetRequest
-from prefect_distributed.core.fleets.spot_fleet import LOG_RETENTION_DAYS, TAG_CLUSTER, resource_name
+from prefect_distributed.core.fleets.spot_fleet import (
+    LOG_RETENTION_DAYS,
+    TAG_CLUSTER,
+    lower_service,
+    parse_handle,
+    remove_cluster_and_definitions,
+    resource_name,
+)
 from prefect_distributed.core.models import (
     CREATED_BY,
     TAG_APP,
@@ -93,11 +100,6 @@ class ServiceSettings(BaseModel):
             capacity_wait_s=fleet.capacity_wait_s,
             expected_job_minutes=fleet.expected_job_minutes,
         ).model_dump()
-
-
-def parse_handle(handle: FleetHandle) -> tuple[str, str]:
-    cluster, _, run_id = handle.id.rpartition("/")
-    return cluster, run_id
 
 
 class EcsServiceFleet:
@@ -238,9 +240,7 @@ class EcsServiceFleet:
         settings = self._require()
         cluster, run_id = parse_handle(handle)
         containers = math.ceil(busy_jobs / settings.processes)
-        desired, _ = self.service_status(handle)
-        if containers < desired:
-            ecs_api.set_desired_count(self._ecs, cluster, resource_name(run_id), containers)
+        if containers < lower_service(self._ecs, cluster, resource_name(run_id), containers):
             logger.info("scale-in: service of run %s down to %d container(s)", run_id, containers)
 
     def running_fleets(self) -> list[str]:
@@ -264,8 +264,5 @@ class EcsServiceFleet:
     def finish_stop(self, handle: FleetHandle) -> None:
         """The cluster, when this run created it and nothing else uses it; then the task definitions."""
         cluster, run_id = parse_handle(handle)
-        described = ecs_api.describe_cluster(self._ecs, cluster) if cluster else None
-        if described and ecs_api.tags_of(described).get(TAG_RUN_ID) == run_id:
-            ecs_api.delete_cluster_if_empty(self._ecs, cluster)
-        ecs_api.deregister_task_definitions(self._ecs, resource_name(run_id))
+        remove_cluster_and_definitions(self._ecs, cluster, run_id)
         logger.info("%s fleet of run %s stopped", self.backend, run_id)

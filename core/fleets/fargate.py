@@ -32,9 +32,9 @@ from prefect_distributed.core.cost import CostEstimate, CostReport
 from prefect_distributed.core.errors import ConfigError
 from prefect_distributed.core.fargate_cost import estimate_fargate_cost, measure_fargate_cost
 from prefect_distributed.core.fleets.base import FleetRequest
-from prefect_distributed.core.fleets.ecs_service import EcsServiceFleet, ServiceSettings, parse_handle
+from prefect_distributed.core.fleets.ecs_service import EcsServiceFleet, ServiceSettings
 from prefect_distributed.core.fleets.fargate_size import task_size_problems
-from prefect_distributed.core.fleets.spot_fleet import resource_name
+from prefect_distributed.core.fleets.spot_fleet import parse_handle, resource_name
 from prefect_distributed.core.models import FleetHandle
 
 BACKEND = "fargate"

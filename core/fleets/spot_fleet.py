@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -166,11 +166,8 @@ def validate_spot_fleet(
     problems += machine_fit_problems(
         settings.cpu_units, settings.memory_mib, settings.tasks_per_machine, settings.machine_types, sizes
     )
-    if settings.ebs_volume_gb < template_api.ROOT_SNAPSHOT_GB and not fleet_file_image(fleet_file):
-        problems.append(
-            f"fleet.ebs_volume_gb: the ECS-optimized AMI's root volume is {template_api.ROOT_SNAPSHOT_GB} GB; "
-            f"use at least that"
-        )
+    if not fleet_file_image(fleet_file):
+        problems += root_volume_problems(settings.ebs_volume_gb)
     return problems
 
 
@@ -238,9 +235,46 @@ def resource_name(run_id: str) -> str:
     return f"distributed-{run_id}"
 
 
-def _parse(handle: FleetHandle) -> tuple[str, str]:
+def parse_handle(handle: FleetHandle) -> tuple[str, str]:
+    """(cluster, run id) of an ECS-backed fleet's handle ("<cluster>/<run id>")."""
     cluster, _, run_id = handle.id.rpartition("/")
     return cluster, run_id
+
+
+def known_sizes(ec2: BaseClient, machine_types: Iterable[str]) -> dict[str, MachineSize]:
+    """vCPUs and memory of each machine type: the built-in table, asking EC2 only for the others."""
+    unknown = [kind for kind in machine_types if kind not in MACHINE_SIZES]
+    return {**MACHINE_SIZES, **ec2_api.machine_sizes(ec2, unknown)}
+
+
+def root_volume_problems(ebs_volume_gb: int) -> list[str]:
+    """The machines' root volume must hold the ECS-optimized AMI's snapshot."""
+    if ebs_volume_gb >= template_api.ROOT_SNAPSHOT_GB:
+        return []
+    return [
+        f"fleet.ebs_volume_gb: the ECS-optimized AMI's root volume is {template_api.ROOT_SNAPSHOT_GB} GB; "
+        "use at least that"
+    ]
+
+
+def lower_service(ecs: BaseClient, cluster: str, name: str, containers: int) -> int:
+    """Lower the service's desired count to `containers`, never raise it; returns its desired count
+    before (0: no service)."""
+    service = ecs_api.describe_service(ecs, cluster, name) if cluster else None
+    if service is None:
+        return 0
+    if containers < service["desiredCount"]:
+        ecs_api.set_desired_count(ecs, cluster, name, containers)
+    return service["desiredCount"]
+
+
+def remove_cluster_and_definitions(ecs: BaseClient, cluster: str, run_id: str) -> None:
+    """The last of a stop: the cluster when this run created it and nothing else uses it, then the
+    task definitions (whose tags name the cluster, so a stop cut short can be finished from the run id)."""
+    described = ecs_api.describe_cluster(ecs, cluster) if cluster else None
+    if described and ecs_api.tags_of(described).get(TAG_RUN_ID) == run_id:
+        ecs_api.delete_cluster_if_empty(ecs, cluster)
+    ecs_api.deregister_task_definitions(ecs, resource_name(run_id))
 
 
 class SpotFleet:
@@ -299,11 +333,7 @@ class SpotFleet:
         """
         settings = self._require_settings()
         fleet_file = load_fleet_file(settings.fleet_file)
-        sizes = {
-            **MACHINE_SIZES,
-            **ec2_api.machine_sizes(self._ec2, [t for t in settings.machine_types if t not in MACHINE_SIZES]),
-        }
-        problems = validate_spot_fleet(settings, fleet_file, sizes)
+        problems = validate_spot_fleet(settings, fleet_file, known_sizes(self._ec2, settings.machine_types))
         if problems:
             raise ConfigError("The spot-fleet settings cannot work:\n" + "\n".join(f"  - {p}" for p in problems))
         return fleet_file
@@ -384,7 +414,7 @@ class SpotFleet:
     def status(self, handle: FleetHandle) -> FleetStatus:
         """Workers asked for (the handle's), ECS tasks of the run's service running now, and the
         machines its fleet asks for and has."""
-        cluster, run_id = _parse(handle)
+        cluster, run_id = parse_handle(handle)
         service = ecs_api.describe_service(self._ecs, cluster, resource_name(run_id)) if cluster else None
         fleets = self._fleets(run_id)
         return FleetStatus(
@@ -397,7 +427,7 @@ class SpotFleet:
     def hold(self, handle: FleetHandle) -> None:
         """'Cheapest' mode, as Distributed-Something's monitor did it: the fleet's target goes to one
         machine with noTermination, so the machines running keep running and lost ones are not replaced."""
-        _, run_id = _parse(handle)
+        _, run_id = parse_handle(handle)
         for fleet in self._fleets(run_id):
             if fleet.target > 1:
                 ec2_api.set_target_capacity(self._ec2, fleet.id, 1)
@@ -412,7 +442,7 @@ class SpotFleet:
 
     def cost(self, handle: FleetHandle) -> CostReport:
         """Instance-hours of the run's machines (found by tag, terminated ones included) and their cost."""
-        _, run_id = _parse(handle)
+        _, run_id = parse_handle(handle)
         return measure_cost(self._ec2, run_id, now=datetime.now(UTC))
 
     def scale_in(self, handle: FleetHandle, busy_jobs: int) -> None:
@@ -430,10 +460,10 @@ class SpotFleet:
         jobs changes). Containers ECS stops after step 1 leave their machine idle for the next call.
         """
         settings = self._require_settings()
-        cluster, run_id = _parse(handle)
+        cluster, run_id = parse_handle(handle)
         containers = math.ceil(busy_jobs / settings.processes)
         wanted = math.ceil(containers / settings.tasks_per_machine)
-        service = self._lower_service(cluster, resource_name(run_id), containers)
+        service = min(containers, lower_service(self._ecs, cluster, resource_name(run_id), containers))
         terminated, target = 0, 0
         for fleet in self._fleets(run_id):
             if wanted < fleet.target:
@@ -444,16 +474,6 @@ class SpotFleet:
         logger.info(
             "scale-in: %d idle machine(s) terminated, target %d, service %d containers", terminated, target, service
         )
-
-    def _lower_service(self, cluster: str, name: str, containers: int) -> int:
-        """Lower the service's desired count to `containers`; returns its desired count (0: no service)."""
-        service = ecs_api.describe_service(self._ecs, cluster, name) if cluster else None
-        if service is None:
-            return 0
-        if containers < service["desiredCount"]:
-            ecs_api.set_desired_count(self._ecs, cluster, name, containers)
-            return containers
-        return service["desiredCount"]
 
     def _terminate_idle(self, cluster: str, fleet_id: str, target: int) -> int:
         """Terminate the fleet's machines that run no ECS task, down to `target` machines; returns how many."""
@@ -477,7 +497,7 @@ class SpotFleet:
         machines terminated, the cluster deleted if this run created it and nothing else uses it, then
         the launch template and the task definitions. Idempotent; the order keeps the task definition
         (whose tags name the cluster) until last, so a stop cut short can be finished from the run id."""
-        cluster, run_id = _parse(handle)
+        cluster, run_id = parse_handle(handle)
         name = resource_name(run_id)
         if cluster:
             ecs_api.delete_service(self._ecs, cluster, name)
@@ -486,9 +506,6 @@ class SpotFleet:
             ec2_api.cancel_fleet(self._ec2, fleet.id)
             if cluster:
                 ecs_api.deregister_container_instances(self._ecs, cluster, machines)
-        described = ecs_api.describe_cluster(self._ecs, cluster) if cluster else None
-        if described and ecs_api.tags_of(described).get(TAG_RUN_ID) == run_id:
-            ecs_api.delete_cluster_if_empty(self._ecs, cluster)
         template_api.delete_launch_template(self._ec2, name)
-        ecs_api.deregister_task_definitions(self._ecs, name)
+        remove_cluster_and_definitions(self._ecs, cluster, run_id)
         logger.info("Spot Fleet of run %s stopped", run_id)
