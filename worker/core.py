@@ -10,7 +10,7 @@ import json
 import re
 import shlex
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
@@ -56,6 +56,21 @@ class PermanentFailure(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class TransientFailure(Exception):
+    """An attempt that failed but may succeed later: the message is retried after the delay."""
+
+    def __init__(self, reason: str, exit_code: int | None = None, output_tail: Sequence[str] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+        self.output_tail = tuple(output_tail)
+
+
+def error_code(exc: Any) -> str:
+    """The code of a botocore ClientError: AWS errors are told apart by their code, never by their message."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class MalformedJob(PermanentFailure):

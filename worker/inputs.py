@@ -12,7 +12,7 @@
 
 Everything lands at `<input dir>/<key>` and is downloaded `DISTRIBUTED_DOWNLOAD_THREADS` at a time.
 A missing object, an empty prefix or a CSV that lists nothing for the job is a permanent failure
-with its reason; any other download error may pass, and is raised as `DownloadFailed`.
+with its reason; any other download error may pass, and is raised as `TransientFailure` (the job is retried).
 Standard library and boto3 only, Python 3.8+, as the rest of the worker.
 """
 
@@ -25,19 +25,11 @@ from typing import Any, Dict, Iterable, List
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .core import JobMessage, PermanentFailure, WorkerSettings
+from .core import JobMessage, PermanentFailure, TransientFailure, WorkerSettings, error_code
 
 MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 _FILE_NAME = "FileName_"
 _PATH_NAME = "PathName_"
-
-
-class DownloadFailed(Exception):
-    """A download that failed for a reason that may pass (network, throttling): the job is retried."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def fetch_inputs(s3: Any, settings: WorkerSettings, job: JobMessage, input_dir: Path) -> int:
@@ -46,18 +38,19 @@ def fetch_inputs(s3: Any, settings: WorkerSettings, job: JobMessage, input_dir: 
     keys: List[str] = []
     for item in job.inputs:
         keys += _under_prefix(s3, bucket, item) if item.endswith("/") else [item]
-    fetched: List[str] = []
-    if settings.download_files:
-        list_key = _list_key(job, settings.download_list_field)
-        _download_all(s3, bucket, [list_key], input_dir, threads=1)
-        try:
-            keys += localise_list(input_dir / list_key, job.fields.get("Metadata"), settings.bucket_root, input_dir)
-        except (csv.Error, ValueError) as exc:  # not text, or not CSV (UnicodeDecodeError is a ValueError)
-            raise PermanentFailure(f"cannot read {list_key} as a LoadData CSV or file list: {exc!r}") from None
-        fetched.append(list_key)  # rewritten now: never downloaded again over the local copy
-    unique = [key for key in dict.fromkeys(keys) if key not in fetched]
+    if not settings.download_files:
+        _download_all(s3, bucket, list(dict.fromkeys(keys)), input_dir, settings.download_threads)
+        return len(set(keys))
+    list_key = _list_key(job, settings.download_list_field)
+    _download(s3, bucket, list_key, input_dir)
+    try:
+        keys += localise_list(input_dir / list_key, job.fields.get("Metadata"), settings.bucket_root, input_dir)
+    except (csv.Error, ValueError) as exc:  # not text, or not CSV (UnicodeDecodeError is a ValueError)
+        raise PermanentFailure(f"cannot read {list_key} as a LoadData CSV or file list: {exc!r}") from None
+    # The list is rewritten now: never downloaded again over the local copy.
+    unique = [key for key in dict.fromkeys(keys) if key != list_key]
     _download_all(s3, bucket, unique, input_dir, settings.download_threads)
-    return len(fetched) + len(unique)
+    return 1 + len(unique)
 
 
 def _under_prefix(s3: Any, bucket: str, prefix: str) -> List[str]:
@@ -65,7 +58,7 @@ def _under_prefix(s3: Any, bucket: str, prefix: str) -> List[str]:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         keys = [item["Key"] for page in pages for item in page.get("Contents", []) if not item["Key"].endswith("/")]
     except (ClientError, BotoCoreError) as exc:
-        raise DownloadFailed(f"could not list s3://{bucket}/{prefix}: {exc}") from None
+        raise TransientFailure(f"could not list s3://{bucket}/{prefix}: {exc}") from None
     if not keys:
         raise PermanentFailure(f"input prefix s3://{bucket}/{prefix} holds no files")
     return keys
@@ -97,12 +90,12 @@ def _download(s3: Any, bucket: str, key: str, input_dir: Path) -> None:
         destination.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(bucket, key, str(destination))
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = error_code(exc)
         if code in MISSING_OBJECT_CODES:
             raise PermanentFailure(f"input s3://{bucket}/{key} does not exist") from None
-        raise DownloadFailed(f"could not download s3://{bucket}/{key}: {code}") from None
+        raise TransientFailure(f"could not download s3://{bucket}/{key}: {code}") from None
     except (BotoCoreError, OSError) as exc:
-        raise DownloadFailed(f"could not download s3://{bucket}/{key}: {exc}") from None
+        raise TransientFailure(f"could not download s3://{bucket}/{key}: {exc}") from None
 
 
 def localise_list(path: Path, metadata: Any, bucket_root: str, input_dir: Path) -> List[str]:

@@ -29,11 +29,13 @@ from .core import (
     JobMessage,
     MalformedJob,
     PermanentFailure,
+    TransientFailure,
     WorkerSettings,
     attempt_key,
     attempt_prefix,
     attempt_record,
     backoff_delay_s,
+    error_code,
     failed_runs,
     job_environment,
     outcome_key,
@@ -45,7 +47,7 @@ from .core import (
     render_command,
     retries_spent,
 )
-from .inputs import DownloadFailed, fetch_inputs
+from .inputs import fetch_inputs
 from .joblog import JobLogRouter
 from .output import secrets_in
 from .program import Heartbeat, program_environment, run_program
@@ -63,16 +65,6 @@ QUEUE_COUNT_ATTRIBUTES = (
 MIN_EMPTY_POLL_S = 1.0
 
 
-class TransientFailure(Exception):
-    """An attempt that failed but may succeed later: the message is retried after the delay."""
-
-    def __init__(self, reason: str, exit_code: int | None = None, output_tail: Sequence[str] = ()) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.exit_code = exit_code
-        self.output_tail = tuple(output_tail)
-
-
 class Interrupted(Exception):
     """The worker is stopping: the job is handed back to the queue, no attempt is recorded."""
 
@@ -83,11 +75,6 @@ class Clients:
 
     sqs: Any
     s3: Any
-
-
-def error_code(exc: ClientError) -> str:
-    """AWS errors are told apart by their code, never by their message."""
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 @contextmanager
@@ -327,11 +314,7 @@ class WorkerLoop:
                 yield item["Key"], item["Size"]
 
     def _download_inputs(self, job: JobMessage, input_dir: Path, log: logging.LoggerAdapter[Any]) -> None:
-        try:
-            count = fetch_inputs(self.s3, self.settings, job, input_dir)
-        except DownloadFailed as exc:
-            raise TransientFailure(exc.reason) from None
-        log.info("downloaded %d input(s)", count)
+        log.info("downloaded %d input(s)", fetch_inputs(self.s3, self.settings, job, input_dir))
 
     def _upload_outputs(
         self, job: JobMessage, output_dir: Path, output_tail: Sequence[str], log: logging.LoggerAdapter[Any]
