@@ -22,13 +22,14 @@ from typing import Any, Literal
 
 from benchmarks.sim_scenario import Scenario, job_durations
 from prefect_distributed.core.models import RunSnapshot
+from prefect_distributed.worker import protection, spot
 
 Worker = Literal["ours", "ds"]
 
-# Our worker's ECS task scale-in protection (worker/protection.py): set for 10 minutes, renewed every 5.
-PROTECTION_S, PROTECTION_RENEW_S = 600.0, 300.0
+# Our worker's ECS task scale-in protection: set for 10 minutes, renewed every 5.
+PROTECTION_S, PROTECTION_RENEW_S = protection.EXPIRES_IN_MINUTES * 60.0, protection.RENEW_EVERY_S
 SPOT_NOTICE_S = 120.0  # EC2's Spot interruption notice
-OUR_NOTICE_POLL_S = 5.0  # our worker reads the notice from IMDS every 5 s (worker/spot.py)
+OUR_NOTICE_POLL_S = spot.POLL_INTERVAL_S  # how often our worker reads the notice from IMDS
 DS_EMPTY_POLL_S = 20.0  # Distributed-Something's worker: one 20 s long poll, then it exits
 DS_ALARM_S = 15 * 60.0  # its idle alarm: CPU max < 1 % for 15 periods of 60 s
 DS_ALARM_LAG_S = 5 * 60.0  # basic monitoring sends 5-minute datapoints: the alarm fires up to 5 min late

@@ -7,12 +7,13 @@ the fleet file that config.py does not hold.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from prefect_distributed.core.ds_config import DsConversion, refused_values, write_ds_config
+from prefect_distributed.core.ds_config import DsConversion, summary, write_ds_config
 from prefect_distributed.core.errors import ConfigError
 from prefect_distributed.tasks.validate import ConfigParameter
 
@@ -49,17 +50,7 @@ def convert_ds_config(config: ConfigParameter) -> DsConversion:
             f"action convert-ds-config takes the path of a Distributed-Something config.py as config, got {config!r}"
         )
     output, conversion = write_ds_config(Path(config).expanduser())
-    logger.info(
-        "Converted %s into %s: %d setting(s) carried, %d not carried",
-        config,
-        output,
-        len(conversion.carried),
-        len(conversion.left_out),
-    )
-    for item in conversion.left_out:
-        logger.warning("Not carried: %s = %s. Instead: %s", item.setting, item.value, item.instead)
-    refused = refused_values(conversion)
-    if refused:
-        logger.warning("Fix before running: %s", refused)
+    level = logging.WARNING if conversion.left_out else logging.INFO
+    logger.log(level, "Converted %s into %s. %s", config, output, summary(conversion))
     create_markdown_artifact(key="ds-config", markdown=_markdown(output, conversion))
     return conversion

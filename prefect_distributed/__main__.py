@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prefect-distributed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     deploy = commands.add_parser(
-        "deploy", help="register the deployments (run, redrive, preflight, bootstrap, sweep) on a work pool"
+        "deploy", help=f"register the deployments ({', '.join(spec.name for spec in DEPLOYMENTS)}) on a work pool"
     )
     deploy.add_argument("--pool", default=WORK_POOL, help=f"the work pool (default: {WORK_POOL})")
     deploy.add_argument(
@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"prefect-distributed deploy: {exc}", file=sys.stderr)
         return 2
-    names = ", ".join(
-        f"{'distributed' if spec.flow == 'distributed' else 'distributed-janitor'}/{spec.name}" for spec in DEPLOYMENTS
-    )
-    print(f"Registered on work pool {args.pool!r}: {names}")
+    print(f"Registered on work pool {args.pool!r}: {', '.join(spec.full_name for spec in DEPLOYMENTS)}")
     return 0
 
 

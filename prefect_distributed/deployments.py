@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 WORK_POOL = "distributed"
 TAGS = ["distributed"]
+# The flows' names (their @flow(name=...)): a deployment is "<flow name>/<deployment name>".
+FLOW_NAMES = {"distributed": "distributed", "janitor": "distributed-janitor"}
 
 
 class DeploymentSpec(BaseModel):
@@ -32,6 +34,11 @@ class DeploymentSpec(BaseModel):
     parameters: dict[str, Any] = {}
     # An interval schedule, created turned off (the user turns it on).
     paused_interval_s: int | None = None
+
+    @property
+    def full_name(self) -> str:
+        """What `prefect deployment run` takes: "<flow name>/<deployment name>"."""
+        return f"{FLOW_NAMES[self.flow]}/{self.name}"
 
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (

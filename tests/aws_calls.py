@@ -382,7 +382,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     workerinput = getattr(session.config, "workerinput", None)
     if workerinput is not None:
         part = Path(workerinput[PARTS_INPUT]) / f"{workerinput['workerid']}.json"
-        part.write_text(json.dumps({"recorded": json.loads(_as_json(RECORDER.recorded())), "unreadable": unreadable}))
+        part.write_text(json.dumps({"recorded": [asdict(action) for action in RECORDER.recorded()], "unreadable": unreadable}))
         return
     parts = session.config.stash.get(_PARTS, None)  # only under pytest-xdist
     if parts is not None:

@@ -26,6 +26,7 @@ from deployments.local_stack import PREFECT, REPO, LocalStack, local_stack
 from prefect_distributed.core.emulator import free_port
 from prefect_distributed.core.models import RunSummary
 from tests.aws_calls import emulator_call_log
+from tests.test_flow_end_to_end import run_logs
 
 DEMO_CONFIG = "deployments/demo/config.yaml"
 STACK_STARTUP_S = 240  # the stack's Prefect server, on a machine loaded by other test workers
@@ -82,18 +83,10 @@ def read_artifacts(stack: LocalStack, flow_run_id: str) -> dict[str, object]:
 
 def read_logs(stack: LocalStack, flow_run_id: str, last: str) -> list[str]:
     """The run's log messages, once one containing `last` has arrived (logs are sent in batches)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    deadline = time.monotonic() + 60
-    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
-        while True:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-            messages = [log.message for log in logs]
-            if any(last in message for message in messages) or time.monotonic() > deadline:
-                return messages
-            time.sleep(1)
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        return [log.message for log in run_logs(flow_run_id, last, timeout_s=60)]
 
 
 def flow_run_id_of(output: str) -> str:

@@ -23,10 +23,9 @@ from prefect_distributed.core.aws.autoscaling import explain_launch
 from prefect_distributed.core.aws.clients import AwsClients
 from prefect_distributed.core.errors import ConfigError, FleetError
 from prefect_distributed.core.fleets import Ec2SpotFleet
-from prefect_distributed.core.fleets.base import FleetRequest
 from prefect_distributed.core.fleets.ec2_spot import Ec2SpotSettings
 from tests.fakes import FakeClock
-from tests.test_fargate import capacity_config
+from tests.test_fargate import capacity_config, start
 from tests.test_preflight import make_subnet
 from tests.test_preflight_capacity import second_zone
 
@@ -53,10 +52,6 @@ def fleet_for(run_config: Any, clock: FakeClock | None = None) -> Ec2SpotFleet:
     return Ec2SpotFleet(
         AwsClients(boto3.session.Session(), "us-east-1"), Ec2SpotSettings.from_config(run_config), clock=clock, sleep=clock.sleep
     )
-
-
-def start(fleet: Ec2SpotFleet, run_id: str = "r1") -> Any:
-    return fleet.start(FleetRequest(run_id=run_id, environment={"DISTRIBUTED_RUN_ID": run_id}))
 
 
 def failed_launches(fleet: Ec2SpotFleet, message: str) -> None:

@@ -17,11 +17,9 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 
 from prefect_distributed.core.aws import s3
-from prefect_distributed.core.enqueue import EnqueueMarker, enqueue_batch, marker_key
-from prefect_distributed.core.models import EnqueueResult
-from prefect_distributed.core.records import read_outcomes
+from prefect_distributed.core.enqueue import EnqueueMarker, marker_key
 from tests.test_accounting import RESOURCES
-from tests.test_enqueue_resume import JOBS, jobs, new_queue, queued_job_ids
+from tests.test_enqueue_resume import JOBS, enqueue, new_queue, queued_job_ids
 
 pytestmark = pytest.mark.usefixtures("aws_mock")
 
@@ -40,20 +38,6 @@ def drop_the_network_from(sqs_client: Any, first_lost: int) -> None:
     sqs_client.meta.events.register("before-call.sqs.SendMessageBatch", send)
 
 
-def enqueue(sqs_client: Any, url: str, checkpoint_jobs: int) -> EnqueueResult:
-    s3_client = boto3.client("s3")
-    return enqueue_batch(
-        s3_client,
-        sqs_client,
-        RESOURCES,
-        url,
-        jobs(),
-        JOBS,
-        lambda: read_outcomes(s3_client, RESOURCES),
-        checkpoint_jobs=checkpoint_jobs,
-    )
-
-
 @pytest.mark.parametrize(("checkpoint_jobs", "sent_twice"), [(10, 0), (20, 10)])
 def test_a_send_that_fails_after_three_batches_then_a_resume_loses_no_job(
     checkpoint_jobs: int, sent_twice: int
@@ -66,9 +50,9 @@ def test_a_send_that_fails_after_three_batches_then_a_resume_loses_no_job(
     drop_the_network_from(failing, SENT_BEFORE_THE_FAILURE)
 
     with pytest.raises(EndpointConnectionError):
-        enqueue(failing, url, checkpoint_jobs)
+        enqueue((boto3.client("s3"), failing), url, checkpoint_jobs=checkpoint_jobs)
     marker = EnqueueMarker.model_validate(s3.get_json(boto3.client("s3"), "records", marker_key(RESOURCES)))
-    resumed = enqueue(boto3.client("sqs"), url, checkpoint_jobs)
+    resumed = enqueue((boto3.client("s3"), boto3.client("sqs")), url, checkpoint_jobs=checkpoint_jobs)
 
     # The marker counts only whole chunks in the queue: never more than the jobs sent.
     assert (marker.sent_through, marker.complete) == (30 - 30 % checkpoint_jobs, False)

@@ -42,7 +42,7 @@ def new_queue(sqs_client) -> str:  # noqa: ANN001
     return sqs_client.create_queue(QueueName=RESOURCES.queue_name)["QueueUrl"]
 
 
-def enqueue(clients: tuple, url: str, crash_after: int | None = None):  # noqa: ANN201
+def enqueue(clients: tuple, url: str, crash_after: int | None = None, checkpoint_jobs: int = 10):  # noqa: ANN201
     s3_client, sqs_client = clients
     return enqueue_batch(
         s3_client,
@@ -52,7 +52,7 @@ def enqueue(clients: tuple, url: str, crash_after: int | None = None):  # noqa: 
         jobs(crash_after),
         JOBS,
         lambda: read_outcomes(s3_client, RESOURCES),
-        checkpoint_jobs=10,
+        checkpoint_jobs=checkpoint_jobs,
     )
 
 

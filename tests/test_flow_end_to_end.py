@@ -89,13 +89,13 @@ def queues_left() -> list[str]:
     return boto3.client("sqs").list_queues().get("QueueUrls", [])
 
 
-def run_logs(flow_run_id: object, last: str) -> list:
+def run_logs(flow_run_id: object, last: str, timeout_s: float = 30) -> list:
     """The run's logs from the Prefect API, once the line containing `last` has arrived (they are sent
-    in batches)."""
+    in batches), or when `timeout_s` has passed."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))

@@ -26,12 +26,11 @@ import yaml
 from deployments.demo.data import HERE as DEMO
 from deployments.demo.data import upload_inputs
 from prefect_distributed.core.models import RunSummary
-from prefect_distributed.deployments import DEPLOYMENTS
+from prefect_distributed.deployments import DEPLOYMENTS, FLOW_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ("blocks", "core", "flows", "tasks", "worker")
 WORKER_IMAGE_FILES = ("Dockerfile", "install.sh", "requirements.txt", "README.md")
-FLOW_NAMES = {"distributed": "distributed", "janitor": "distributed-janitor"}
 
 
 def uv() -> str:
@@ -215,7 +214,7 @@ def test_deploy_registers_every_deployment_on_a_process_pool_to_start_in_this_fo
     result = outside(tmp_path, installed / "prefect-distributed", "deploy", "--pool", pool, **with_api())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     with get_client(sync_client=True) as client:
-        deployments = [client.read_deployment_by_name(f"{FLOW_NAMES[spec.flow]}/{spec.name}") for spec in DEPLOYMENTS]
+        deployments = [client.read_deployment_by_name(spec.full_name) for spec in DEPLOYMENTS]
         for deployment in deployments:  # the server is shared: the serve test registers the same names
             client.delete_deployment(deployment.id)
     for spec, deployment in zip(DEPLOYMENTS, deployments):
