@@ -22,8 +22,10 @@ $(VENV)/bin/uv: | $(PY)
 	$(PY) -m pip install -qq --disable-pip-version-check uv==$(UV_VERSION)
 
 # The exact packages of requirements.lock (hash-checked), then this project itself, editable.
+# Compiled to bytecode once, here, as pip does and uv does not by default: otherwise every new Python
+# process (a flow run, a CLI call, a worker) compiles Prefect again where PYTHONDONTWRITEBYTECODE is set.
 $(STAMP): requirements.lock pyproject.toml | $(PY) $(UV)
-	$(UV) pip install -q --python $(PY) --require-hashes -r requirements.lock
+	$(UV) pip install -q --python $(PY) --require-hashes --compile-bytecode -r requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	@$(UV) pip check -q --python $(PY) || { echo "requirements.lock misses a dependency of pyproject.toml: run make lock"; exit 1; }
 	touch $(STAMP)
