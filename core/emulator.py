@@ -6,11 +6,14 @@ in-process `mock_aws` elsewhere cannot wipe its state.
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -57,7 +60,12 @@ def moto_server(log_path: Path | None = None, call_log: Path | None = None) -> I
     """
     port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
+    amis = tempfile.TemporaryDirectory(prefix="emulator-")
+    env = {
+        **os.environ,
+        "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+        "MOTO_AMIS_PATH": str(write_default_amis(Path(amis.name) / "amis.json")),
+    }
     if call_log is not None:
         env.update({"MOTO_ENABLE_RECORDING": "true", "MOTO_RECORDER_FILEPATH": str(call_log)})
     process = subprocess.Popen(
@@ -77,6 +85,7 @@ def moto_server(log_path: Path | None = None, call_log: Path | None = None) -> I
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        amis.cleanup()
         if log_path:
             log.close()  # type: ignore[union-attr]
 
@@ -91,23 +100,40 @@ def reset(endpoint: str) -> None:
         pass
 
 
+@functools.cache
 def our_managed_policies() -> str:
     """moto's AWS managed policies data (JSON), narrowed to MANAGED_POLICIES: set it as
     `moto.iam.models.aws_managed_policies_data`, with MOTO_IAM_LOAD_MANAGED_POLICIES=true, before
-    IAM's first call."""
+    IAM's first call. Read once per process: the whole file takes a second of CPU to parse."""
     from moto.iam.aws_managed_policies import aws_managed_policies_data
 
     every = json.loads(aws_managed_policies_data)
     return json.dumps({name: every[name] for name in MANAGED_POLICIES})
 
 
+def write_default_amis(path: Path) -> Path:
+    """Write moto's own default AMIs (44) to `path`, for MOTO_AMIS_PATH, which must be set before moto's
+    EC2 is imported. Without it, moto also makes the 1,227 ECS-optimized AMIs of the region, each with a
+    volume and a snapshot, for every account and region it creates, after every reset. Nothing here
+    describes them: the ECS AMI is looked up through SSM, as on AWS, and moto's SSM still knows it."""
+    import moto  # its package only: moto.ec2 would read MOTO_AMIS_PATH now
+
+    path.write_bytes(gzip.decompress((Path(moto.__file__).parent / "ec2/resources/amis.json.gz").read_bytes()))
+    return path
+
+
 if __name__ == "__main__":
     # The emulator's own process: moto's server, its accounts knowing our managed policies.
     import logging
 
+    from moto import backends
     from moto.iam import models
     from moto.server import main
 
     models.aws_managed_policies_data = our_managed_policies()
+    # moto's server lists its own package folder (about 150 stat calls) on every request, under the
+    # lock that serialises its requests; the folder does not change while it runs.
+    moto_modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: moto_modules
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a log line per request
     main(sys.argv[1:])
