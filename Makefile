@@ -48,9 +48,10 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(PY) deployments/local_stack.py
 
-## Run the test suite, in three parallel pytest-xdist workers (each with its own AWS emulator; one shared Prefect test server).
+## Run the test suite, in four parallel pytest-xdist workers (each with its own AWS emulator; one shared Prefect test server).
+## Four on two cores: the end-to-end tests spend much of their time waiting on processes they started.
 test: $(STAMP)
-	$(PY) -m pytest -n 3 $(TEST_ARGS)
+	$(PY) -m pytest -n 4 $(TEST_ARGS)
 
 ## Run every benchmark and print its figures (about 10 minutes); BENCH_ARGS=--write-readme also puts them in benchmarks/README.md.
 bench: $(BENCH_STAMP)
