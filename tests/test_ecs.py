@@ -56,12 +56,14 @@ def test_a_task_definition_without_a_role_has_no_task_role() -> None:
     assert "taskRoleArn" not in definition
 
 
-def test_access_keys_are_refused_in_a_task_definitions_environment() -> None:
+@pytest.mark.parametrize(
+    "name", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"]
+)
+def test_access_keys_are_refused_in_a_task_definitions_environment(name: str) -> None:
     client = boto3.client("ecs")
-    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
-        ecs.register_task_definition(
-            client, "f", "i", 256, 512, {"AWS_SECRET_ACCESS_KEY": "x"}, "g", "us-east-1", None, TAGS
-        )
+    with pytest.raises(ValueError, match=name):
+        ecs.register_task_definition(client, "f", "i", 256, 512, {name: "x"}, "g", "us-east-1", None, TAGS)
+    assert client.list_task_definitions()["taskDefinitionArns"] == []
 
 
 def test_a_new_service_starts_at_zero_and_a_second_setup_updates_it_in_place() -> None:

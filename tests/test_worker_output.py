@@ -65,6 +65,7 @@ def test_the_secret_key_and_session_token_are_masked_when_long_enough_to_be_keys
     env = {"AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": "testing", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE1"}
     assert secrets_in(env) == (SECRET, "testing")
     assert secrets_in({}) == ()
+    assert secrets_in({"AWS_SECURITY_TOKEN": SECRET}) == (SECRET,)  # the session token's older name
     # An emulator's "testing" is no real key: masking it would garble ordinary text.
     assert mask(f"testing with {SECRET} and AKIAEXAMPLE1", secrets_in(env)) == f"testing with {MASK} and AKIAEXAMPLE1"
 

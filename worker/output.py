@@ -18,7 +18,8 @@ READ_CHUNK_BYTES = 65536
 # `\r\n`, `\n` and a lone `\r` (a redrawn progress bar) each end a line.
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 # The worker's own credentials: the program never needs them (worker/README.md), so no line may show them.
-SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# AWS_SECURITY_TOKEN is the session token's older name, which boto3 and the AWS CLI still read.
+SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 # Shorter values are not real keys (an emulator's "testing"), and masking them would garble ordinary text.
 MIN_SECRET_CHARS = 8
 # A cut line may end with the first characters of a secret; this many or more are masked too.

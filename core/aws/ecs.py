@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from prefect_distributed.core.aws.clients import chunks, error_code, paginate
 from prefect_distributed.core.aws.ecs_capacity import FargateTask, ServicePlacement
 from prefect_distributed.core.worker_env import WORKER_STOP_TIMEOUT_S
+from prefect_distributed.worker.program import AWS_KEY_VARIABLES
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ CLUSTER_IN_USE_CODES = frozenset(
 )
 DESCRIBE_LIMIT = 100  # DescribeContainerInstances: names per call
 SERVICE_DESCRIBE_LIMIT = 10  # DescribeServices: names per call
-# Secrets never go into a task definition: its environment is readable by anyone who may describe it.
-FORBIDDEN_ENVIRONMENT = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
+# Keys never go into a task definition: its environment is readable by anyone who may describe it.
+FORBIDDEN_ENVIRONMENT = AWS_KEY_VARIABLES
 
 
 def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
