@@ -22,10 +22,10 @@ from typing import IO, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .core import OUTPUT_TAIL_LINES
-from .output import READ_CHUNK_BYTES, OutputLines
+from .output import READ_CHUNK_BYTES, SECRET_VARIABLES, OutputLines
 
-# The variables that hold AWS keys; boto3 and the AWS CLI read them.
-AWS_KEY_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
+# The variables that hold AWS keys, which boto3 and the AWS CLI read: the secret ones and the key's id.
+AWS_KEY_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", *SECRET_VARIABLES})
 # How long a terminated program gets to exit before it is killed.
 TERMINATE_GRACE_S = 3.0
 # How often a waiting loop looks at the stop event and the job's deadline.

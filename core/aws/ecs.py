@@ -31,8 +31,6 @@ CLUSTER_IN_USE_CODES = frozenset(
 )
 DESCRIBE_LIMIT = 100  # DescribeContainerInstances: names per call
 SERVICE_DESCRIBE_LIMIT = 10  # DescribeServices: names per call
-# Keys never go into a task definition: its environment is readable by anyone who may describe it.
-FORBIDDEN_ENVIRONMENT = AWS_KEY_VARIABLES
 
 
 def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
@@ -87,7 +85,8 @@ def register_task_definition(
     (Distributed-Something copied the user's keys there in plain text): such keys raise ValueError.
     With `fargate`, the task is sized and networked for Fargate and gets its execution role.
     """
-    secrets = FORBIDDEN_ENVIRONMENT & environment.keys()
+    # Keys never go into a task definition: its environment is readable by anyone who may describe it.
+    secrets = AWS_KEY_VARIABLES & environment.keys()
     if secrets:
         raise ValueError(f"refusing to put {sorted(secrets)} in a task definition; give the task a role instead")
     container = {
